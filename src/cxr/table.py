@@ -62,7 +62,7 @@ class LabelTable:
             row, col = map(int, np.argwhere(bad)[0])
             raise ValueError(
                 f"label {self.pathologies[col]!r} of {meta.at[row, 'path']!r} is "
-                f"{labels[row, col]!r}; labels must be 0, 1 or NaN"
+                f"{float(labels[row, col]):g}; labels must be 0, 1 or NaN"
             )
         object.__setattr__(self, "meta", meta)
         object.__setattr__(self, "labels", labels)
@@ -144,6 +144,27 @@ class LabelTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.to_frame().to_csv(path, index=False, float_format="%g")
         return path
+
+    @classmethod
+    def read_csv(cls, path: str | Path, source: str = "") -> "LabelTable":
+        """Read a table written by :meth:`save_csv` (columns ``path, patient_id, view, split``
+        then one column per label, empty = unknown). Other CSV layouts: see
+        :func:`cxr.datasets.read_csv_table`."""
+        path = Path(path)
+        frame = pd.read_csv(path, dtype={c: str for c in META_COLUMNS}, keep_default_na=False)
+        missing = [c for c in META_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"{path} is not a cxr label table: columns {missing} are missing "
+                f"(found {list(frame.columns)})"
+            )
+        names = [c for c in frame.columns if c not in META_COLUMNS]
+        values = frame[names].replace("", np.nan) if names else frame[names]
+        try:
+            labels = values.to_numpy(dtype=np.float32).reshape(len(frame), len(names))
+        except ValueError as err:
+            raise ValueError(f"{path}: label columns must hold 0, 1 or nothing ({err})") from err
+        return cls(frame[list(META_COLUMNS)], labels, tuple(names), source or str(path))
 
 
 def merge_tables(tables: Sequence[LabelTable], source: str = "") -> LabelTable:
