@@ -1,0 +1,560 @@
+"""Patient-level train/val/test splits and the leakage check.
+
+:func:`split_by_patient` gives every image a split name so that all images of a patient
+land in the same split (no patient leaks from training into evaluation) while each
+label's prevalence stays close across splits. It uses multi-label iterative
+stratification (Sechidis, Tsoumakas & Vlahavas, ECML PKDD 2011) adapted to groups: each
+patient is one item that carries, per label, the number of its images positive for it.
+
+:func:`find_leakage` checks any set of tables (made here or elsewhere) for patients that
+appear in more than one of them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr.table import LabelTable
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "LeakageReport",
+    "find_leakage",
+    "save_split",
+    "split_by_patient",
+    "split_summary",
+    "split_tables",
+]
+
+#: The split used when none is given: 80% of images for training, 10% each for
+#: validation and test (by images, whole patients at a time).
+DEFAULT_FRACTIONS: Mapping[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+#: Conventional split names, in the order tables and summaries list them.
+_CONVENTIONAL_ORDER: tuple[str, ...] = (
+    "train",
+    "train_val",
+    "val",
+    "valid",
+    "validation",
+    "dev",
+    "test",
+)
+
+_FRACTION_TOLERANCE = 1e-6
+#: File names that :func:`save_split` writes besides the per-split tables.
+_RESERVED_NAMES = frozenset({"split", "split_summary"})
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+# --------------------------------------------------------------------------------------
+# fractions and names
+# --------------------------------------------------------------------------------------
+def _check_fractions(
+    fractions: Mapping[str, float] | Iterable[tuple[str, float]],
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """Validated split names and fractions (a float64 array summing to 1)."""
+    if isinstance(fractions, Mapping):
+        pairs = list(fractions.items())
+    else:
+        try:
+            pairs = [tuple(p) for p in fractions]
+        except TypeError:
+            raise ValueError(
+                f"fractions must map split names to fractions, got {fractions!r}"
+            ) from None
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(
+                f"fractions must be a mapping or (name, fraction) pairs, got {fractions!r}"
+            )
+    if not pairs:
+        raise ValueError("fractions is empty; give at least one split, e.g. {'train': 1.0}")
+    names: list[str] = []
+    values: list[float] = []
+    for name, value in pairs:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"split names must be non-empty strings, got {name!r}")
+        if name != name.strip():
+            raise ValueError(f"split name {name!r} has leading or trailing spaces")
+        if name in names:
+            raise ValueError(f"split name {name!r} appears more than once in fractions")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"fraction of split {name!r} is not a number: {value!r}") from None
+        if not np.isfinite(v) or v <= 0:
+            raise ValueError(
+                f"fraction of split {name!r} must be a positive number, got {value!r}"
+            )
+        names.append(name)
+        values.append(v)
+    total = float(sum(values))
+    if abs(total - 1.0) > _FRACTION_TOLERANCE:
+        shown = ", ".join(f"{n}={v:g}" for n, v in zip(names, values))
+        raise ValueError(f"fractions must sum to 1, but {shown} sum to {total:.6g}")
+    return tuple(names), np.asarray(values, dtype=np.float64) / total
+
+
+def _split_order(names: Iterable[str]) -> list[str]:
+    """Conventional names first (train, val, test, ...), then the others sorted."""
+    present = set(names)
+    known = [n for n in _CONVENTIONAL_ORDER if n in present]
+    return known + sorted(present - set(known))
+
+
+def _check_assignment(table: LabelTable, assignment: np.ndarray) -> np.ndarray:
+    values = np.asarray(assignment)
+    if values.shape != (len(table),):
+        raise ValueError(
+            f"assignment has shape {values.shape}, expected ({len(table)},): one split name "
+            "per image of the table"
+        )
+    values = pd.Series(values, dtype=object).fillna("").astype(str).to_numpy()
+    empty = values == ""
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise ValueError(
+            f"{int(empty.sum())} images have no split name (first: "
+            f"{table.meta.at[row, 'path']!r})"
+        )
+    return values
+
+
+def _ordered_names(values: np.ndarray, order: Sequence[str] | None) -> list[str]:
+    present = pd.unique(values).tolist()
+    if order is None:
+        return _split_order(present)
+    order = list(order)
+    missing = sorted(set(present) - set(order))
+    if missing:
+        raise ValueError(f"assignment has split names {missing} that are not in order={order}")
+    return order
+
+
+# --------------------------------------------------------------------------------------
+# grouping images into patients
+# --------------------------------------------------------------------------------------
+def _patient_keys(table: LabelTable) -> np.ndarray:
+    """One key per image naming its patient; an empty patient id makes the image its own
+    patient (keyed by its path, so that a repeated image stays in one split)."""
+    pid = table.meta["patient_id"].to_numpy(dtype=object)
+    blank = table.meta["patient_id"].str.strip().to_numpy() == ""
+    if blank.any():
+        pid = pid.copy()
+        pid[blank] = "\x00" + table.meta["path"].to_numpy(dtype=object)[blank]
+    return pid
+
+
+# --------------------------------------------------------------------------------------
+# the stratified split
+# --------------------------------------------------------------------------------------
+def split_by_patient(
+    table: LabelTable,
+    fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    keep_existing: bool | Iterable[str] = False,
+) -> np.ndarray:
+    """Assign every image a split name, whole patients at a time, stratified by label.
+
+    Multi-label iterative stratification over patients: each patient is one item carrying,
+    per label, the count of its images positive for that label (NaN counts as neither
+    positive nor negative). Each split wants ``fraction x total`` of every label's
+    positives and of the images. Repeatedly the label with the fewest unassigned patients
+    is taken; its patients (most positives first, then most images, then seeded random
+    order) each go to the split that still wants most positives of that label, ties
+    broken by the split that still wants most images, then at random (seeded). Each
+    assignment lowers that split's wants for all the patient's labels and images.
+    Patients with no positive label finally fill the splits' remaining image wants,
+    largest patients first.
+
+    Args:
+        table: the images; ``meta['patient_id']`` groups them (an empty patient id makes
+            that image a patient of its own).
+        fractions: split name -> fraction of the images; positive, summing to 1 (within
+            1e-6), names non-empty and unique. Order is kept in :func:`split_tables`
+            only when passed there as ``order``.
+        seed: seeds the tie-breaking; the same seed and table give the same split, and the
+            result does not depend on the order of the rows.
+        keep_existing: ``False`` ignores ``meta['split']``. ``True`` keeps every
+            non-empty ``meta['split']``; a collection of names keeps only rows whose split
+            is one of them (``keep_existing={"test"}`` keeps NIH's official test list and
+            re-splits its ``train_val`` rows). A split that receives kept rows is closed:
+            it gets no other patients, and the remaining patients are shared among the
+            other splits of ``fractions`` in proportion to their fractions (so with NIH's
+            official test list kept, ``{"train": 0.8, "val": 0.1, "test": 0.1}`` splits the
+            rest 8:1 into train and val). Kept names need not be in ``fractions``. A
+            patient's images with no kept split follow that patient's kept split (with a
+            warning); a patient whose rows keep two different splits is an error.
+
+    Returns:
+        A string array (N,) of split names, one per image, in row order.
+
+    Raises:
+        ValueError: bad fractions; with ``keep_existing``, a patient with two kept
+            splits, or images left to split when every split of ``fractions`` is closed.
+    """
+    names, frac = _check_fractions(fractions)
+    n_images = len(table)
+    if n_images == 0:
+        return np.array([], dtype=str)
+
+    keys = _patient_keys(table)
+    # np.unique sorts the keys, so patients (and the random draws) do not depend on row order
+    patients, inverse = np.unique(keys.astype(str), return_inverse=True)
+    n_patients = len(patients)
+    sizes = np.bincount(inverse, minlength=n_patients).astype(np.int64)
+    positive = np.nan_to_num(table.labels, nan=0.0) == 1
+    counts = np.zeros((n_patients, table.labels.shape[1]), dtype=np.int64)
+    np.add.at(counts, inverse, positive.astype(np.int64))
+
+    # patient -> split index into `all_names`; -1 = still to split
+    all_names = list(names)
+    assigned = np.full(n_patients, -1, dtype=np.int64)
+    open_splits = np.ones(len(names), dtype=bool)
+    if keep_existing is not False and keep_existing is not None:
+        assigned, all_names, open_splits = _kept_assignment(
+            table, keep_existing, inverse, patients, names
+        )
+
+    free = np.flatnonzero(assigned < 0)
+    if free.size:
+        if not open_splits.any():
+            raise ValueError(
+                f"{int(sizes[free].sum())} images of {free.size} patients have no kept split, "
+                f"but every split of fractions ({', '.join(names)}) already holds kept rows "
+                "and takes no other patients; add an open split to fractions"
+            )
+        targets = np.flatnonzero(open_splits)
+        share = frac[targets] / frac[targets].sum()
+        rng = np.random.default_rng(seed)
+        chosen = _stratify(counts[free], sizes[free], share, rng)
+        assigned[free] = targets[chosen]
+
+    return np.asarray(all_names, dtype=str)[assigned[inverse]]
+
+
+def _kept_assignment(
+    table: LabelTable,
+    keep_existing: bool | Iterable[str],
+    inverse: np.ndarray,
+    patients: np.ndarray,
+    names: tuple[str, ...],
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Patients' kept splits (-1 where none), all split names, and which splits are open."""
+    existing = table.meta["split"].str.strip().to_numpy(dtype=object)
+    if keep_existing is True:
+        kept_rows = existing != ""
+    else:
+        if isinstance(keep_existing, str):
+            keep_existing = [keep_existing]
+        wanted = {str(n) for n in keep_existing}
+        kept_rows = np.isin(existing, list(wanted)) & (existing != "")
+    kept_names = _split_order(existing[kept_rows].tolist())
+    all_names = list(names) + [n for n in kept_names if n not in names]
+    n_patients = len(patients)
+    assigned = np.full(n_patients, -1, dtype=np.int64)
+    open_splits = np.array([n not in kept_names for n in names], dtype=bool)
+    if not kept_rows.any():
+        return assigned, all_names, open_splits
+
+    rows = np.flatnonzero(kept_rows)
+    codes = pd.Categorical(existing[rows], categories=all_names).codes.astype(np.int64)
+    pairs = pd.DataFrame({"patient": inverse[rows], "code": codes}).drop_duplicates()
+    multi = pairs["patient"].duplicated(keep=False).to_numpy()
+    if multi.any():
+        bad = pairs[multi].groupby("patient")["code"].agg(
+            lambda c: sorted(all_names[i] for i in c)
+        )
+        examples = "; ".join(
+            f"patient {str(patients[p])!r} in {', '.join(s)}" for p, s in list(bad.items())[:5]
+        )
+        raise ValueError(
+            f"cannot keep the existing splits: {len(bad)} patients have images kept in "
+            f"different splits, which would leak them across splits ({examples})"
+        )
+    assigned[pairs["patient"].to_numpy()] = pairs["code"].to_numpy()
+    pulled = ~kept_rows & (assigned[inverse] >= 0)
+    if pulled.any():
+        n_pat = len(np.unique(inverse[pulled]))
+        row = int(np.flatnonzero(pulled)[0])
+        warnings.warn(
+            f"{int(pulled.sum())} images of {n_pat} patients have no kept split but their "
+            f"patient has; they follow the patient's kept split (first: "
+            f"{table.meta.at[row, 'path']!r} -> {all_names[assigned[inverse[row]]]!r})",
+            stacklevel=3,
+        )
+    return assigned, all_names, open_splits
+
+
+def _stratify(
+    counts: np.ndarray, sizes: np.ndarray, share: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Iterative stratification of P items (patients) into K splits.
+
+    counts: (P, L) positives per item and label; sizes: (P,) images per item;
+    share: (K,) fractions summing to 1. Returns (P,) split indices.
+    """
+    n_items, n_labels = counts.shape
+    k = len(share)
+    choice = np.full(n_items, -1, dtype=np.int64)
+    if k == 1:
+        choice[:] = 0
+        return choice
+    # wants: remaining demand per split, for images and for each label's positives
+    image_want = share * float(sizes.sum())
+    label_want = share[:, None] * counts.sum(axis=0, dtype=np.float64)[None, :]
+    # random rank per item (tie-breaking of the processing order) and per item and split
+    rank = rng.permutation(n_items)
+    coin = rng.random((n_items, k))
+    image_want_l = image_want.tolist()
+    label_want_l = label_want.T.tolist()  # [label][split], Python floats: fast scalar access
+    counts_l = counts.tolist()
+    sizes_l = sizes.tolist()
+    coin_l = coin.tolist()
+    splits = range(k)
+
+    def give(item: int, split: int) -> None:
+        choice[item] = split
+        image_want_l[split] -= sizes_l[item]
+        row = counts_l[item]
+        for j in range(n_labels):
+            c = row[j]
+            if c:
+                label_want_l[j][split] -= c
+
+    has = counts > 0
+    remaining = has.sum(axis=0)
+    done = np.zeros(n_labels, dtype=bool)
+    while True:
+        open_labels = np.flatnonzero(~done & (remaining > 0))
+        if open_labels.size == 0:
+            break
+        # the rarest label by unassigned patients, then by positives, then by column
+        free = choice < 0
+        pos_left = counts[free].sum(axis=0)
+        label = int(min(open_labels, key=lambda j: (remaining[j], pos_left[j], j)))
+        done[label] = True
+        items = np.flatnonzero(free & has[:, label])
+        order = np.lexsort((rank[items], -sizes[items], -counts[items, label]))
+        want = label_want_l[label]
+        for item in items[order].tolist():
+            c = coin_l[item]
+            best = max(splits, key=lambda s: (want[s], image_want_l[s], c[s]))
+            give(item, best)
+        remaining = (has & (choice < 0)[:, None]).sum(axis=0)
+
+    # items with no positive label fill the remaining image demand, largest first
+    items = np.flatnonzero(choice < 0)
+    order = np.lexsort((rank[items], -sizes[items]))
+    for item in items[order].tolist():
+        c = coin_l[item]
+        best = max(splits, key=lambda s: (image_want_l[s], c[s]))
+        choice[item] = best
+        image_want_l[best] -= sizes_l[item]
+    return choice
+
+
+# --------------------------------------------------------------------------------------
+# using a split
+# --------------------------------------------------------------------------------------
+def split_tables(
+    table: LabelTable, assignment: np.ndarray, order: Sequence[str] | None = None
+) -> dict[str, LabelTable]:
+    """One table per split name, with ``meta['split']`` set to that name.
+
+    Args:
+        table: the images that were split.
+        assignment: (N,) split name per image (from :func:`split_by_patient`).
+        order: the order of the returned dict (e.g. ``list(fractions)``); names in it that
+            no image has give empty tables. Default: conventional names first
+            (train, val, test, ...), then the others sorted.
+    """
+    values = _check_assignment(table, assignment)
+    out: dict[str, LabelTable] = {}
+    for name in _ordered_names(values, order):
+        part = table.subset(np.flatnonzero(values == name))
+        meta = part.meta.copy()
+        meta["split"] = name
+        out[name] = LabelTable(meta, part.labels, part.pathologies, part.source)
+    return out
+
+
+def split_summary(
+    table: LabelTable, assignment: np.ndarray, order: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Rows = splits (index ``split``); columns ``images``, ``patients``, then each
+    label's prevalence, positives / known (NaN where a split knows no value of it).
+    ``order`` as in :func:`split_tables`."""
+    values = _check_assignment(table, assignment)
+    names = _ordered_names(values, order)
+    codes = pd.Categorical(values, categories=names).codes.astype(np.int64)
+    k = len(names)
+    labels = table.labels
+    known = np.zeros((k, labels.shape[1]))
+    positives = np.zeros((k, labels.shape[1]))
+    np.add.at(known, codes, (~np.isnan(labels)).astype(np.float64))
+    np.add.at(positives, codes, (labels == 1).astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prevalence = np.where(known > 0, positives / np.maximum(known, 1), np.nan)
+    keys = _patient_keys(table)
+    patients = (
+        pd.DataFrame({"split": codes, "patient": keys}).groupby("split")["patient"].nunique()
+    )
+    frame = pd.DataFrame(
+        {
+            "images": np.bincount(codes, minlength=k).astype(np.int64),
+            "patients": patients.reindex(range(k), fill_value=0).to_numpy(dtype=np.int64),
+        },
+        index=pd.Index(names, name="split"),
+    )
+    for j, label in enumerate(table.pathologies):
+        frame[label] = prevalence[:, j]
+    return frame
+
+
+def save_split(
+    out_dir: str | os.PathLike[str],
+    table: LabelTable,
+    assignment: np.ndarray,
+    order: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Write a split to ``out_dir``.
+
+    Files: ``<name>.csv`` per split (the :meth:`LabelTable.save_csv` format, readable by
+    :meth:`LabelTable.read_csv`), ``split.csv`` (columns ``path, patient_id, split``, one row
+    per image in table order) and ``split_summary.csv`` (:func:`split_summary`).
+
+    Returns:
+        The written paths: one per split name, then ``"split"`` and ``"split_summary"``.
+
+    Raises:
+        ValueError: a split name that is not a plain file name (letters, digits, ``_.-``,
+            not starting with ``.``/``-``) or is ``split``/``split_summary``.
+    """
+    values = _check_assignment(table, assignment)
+    names = _ordered_names(values, order)
+    for name in names:
+        if not _SAFE_NAME.match(name) or name in _RESERVED_NAMES:
+            raise ValueError(
+                f"cannot save split {name!r}: split names used as file names must be letters, "
+                "digits, '_', '.', '-' (not starting with '.' or '-') and not "
+                f"{sorted(_RESERVED_NAMES)}"
+            )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name, part in split_tables(table, values, order=names).items():
+        paths[name] = part.save_csv(out / f"{name}.csv")
+    listing = pd.DataFrame(
+        {"path": table.meta["path"], "patient_id": table.meta["patient_id"], "split": values}
+    )
+    paths["split"] = out / "split.csv"
+    listing.to_csv(paths["split"], index=False)
+    paths["split_summary"] = out / "split_summary.csv"
+    split_summary(table, values, order=names).to_csv(paths["split_summary"], float_format="%.6g")
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# leakage
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LeakageReport:
+    """Patients found in more than one split.
+
+    Attributes:
+        splits: names of the compared splits, in the order given.
+        shared: patient id -> names of the splits it appears in (only patients in >= 2
+            splits), patients sorted by id.
+        images_affected: images (over all splits) that belong to shared patients.
+    """
+
+    splits: tuple[str, ...]
+    shared: dict[str, tuple[str, ...]]
+    images_affected: int
+
+    @property
+    def leaked(self) -> bool:
+        return bool(self.shared)
+
+    def pair_counts(self) -> dict[tuple[str, str], int]:
+        """Shared patients per pair of splits (pairs in split order, zero counts kept)."""
+        return {pair: len(ids) for pair, ids in self._pair_patients().items()}
+
+    def _pair_patients(self) -> dict[tuple[str, str], list[str]]:
+        out: dict[tuple[str, str], list[str]] = {p: [] for p in combinations(self.splits, 2)}
+        for pid, where in self.shared.items():
+            for pair in combinations([s for s in self.splits if s in where], 2):
+                out[pair].append(pid)
+        return out
+
+    def to_text(self, max_examples: int = 10) -> str:
+        """A short human summary: per pair of splits, how many patients they share and a
+        few example ids."""
+        listed = ", ".join(self.splits)
+        if not self.leaked:
+            return f"No patient leakage: no patient appears in more than one of {listed}."
+        lines = [
+            f"Patient leakage: {len(self.shared)} patients appear in more than one of {listed} "
+            f"({self.images_affected} images affected)."
+        ]
+        for (a, b), ids in self._pair_patients().items():
+            if not ids:
+                continue
+            shown = ", ".join(ids[: max(0, max_examples)])
+            more = f", ... ({len(ids) - max_examples} more)" if len(ids) > max_examples else ""
+            noun = "patient" if len(ids) == 1 else "patients"
+            lines.append(f"  {a} & {b}: {len(ids)} shared {noun}, e.g. {shown}{more}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def find_leakage(tables: Mapping[str, LabelTable]) -> LeakageReport:
+    """Patients that appear in more than one of the given tables.
+
+    Images with an empty patient id belong to no known patient and are never counted.
+    Vectorised (pandas), so the full NIH table split three ways is checked in well under
+    a second.
+
+    Raises:
+        ValueError: fewer than two tables.
+    """
+    if not isinstance(tables, Mapping):
+        raise TypeError("find_leakage takes a mapping of split name -> LabelTable")
+    if len(tables) < 2:
+        raise ValueError(
+            f"find_leakage needs at least two tables to compare, got {len(tables)}"
+        )
+    splits = tuple(str(n) for n in tables)
+    ids = [t.meta["patient_id"].to_numpy(dtype=object) for t in tables.values()]
+    frame = pd.DataFrame(
+        {
+            "patient": np.concatenate(ids) if ids else np.array([], dtype=object),
+            "split": np.repeat(np.arange(len(splits)), [len(i) for i in ids]),
+        }
+    )
+    frame = frame[frame["patient"].str.strip() != ""]
+    pairs = frame.drop_duplicates()
+    n_splits = pairs.groupby("patient", sort=True)["split"].nunique()
+    leaking = n_splits.index[n_splits.to_numpy() >= 2]
+    shared: dict[str, tuple[str, ...]] = {}
+    images = 0
+    if len(leaking):
+        hits = pairs[pairs["patient"].isin(leaking)].sort_values(["patient", "split"])
+        grouped = hits.groupby("patient", sort=True)["split"].agg(tuple)
+        shared = {
+            str(pid): tuple(splits[i] for i in where) for pid, where in grouped.items()
+        }
+        images = int(frame["patient"].isin(leaking).sum())
+    return LeakageReport(splits=splits, shared=shared, images_affected=images)
