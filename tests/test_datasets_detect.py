@@ -177,3 +177,18 @@ def test_real_datasets_detected(shared_datasets):
     assert detect_format(shared_datasets / "pediatric-pneumonia") == "folders"
     assert detect_format(shared_datasets / "nih14-sample" / "peer_predictions.csv") == "csv"
     assert len(load_dataset(shared_datasets / "pediatric-pneumonia")) == 3637
+
+
+def test_cxr_saved_split_named_train_csv_is_not_chexpert(tmp_path):
+    """cxr's own split files are called train.csv/valid.csv too, with CheXpert-like labels."""
+    import numpy as np
+
+    from cxr.datasets import detect_format, load_dataset
+    from cxr.labels import CHEXPERT14_LABELS
+    from cxr.table import LabelTable
+
+    t = LabelTable.from_columns(["/x/a.png"], ["p1"], np.ones((1, 14)), CHEXPERT14_LABELS)
+    t.save_csv(tmp_path / "train.csv")
+    assert detect_format(tmp_path / "train.csv") == "csv"
+    back = load_dataset(tmp_path / "train.csv")
+    assert back.pathologies == CHEXPERT14_LABELS and back.paths == ["/x/a.png"]

@@ -79,9 +79,10 @@ def chexpert_label_columns(header: list[str]) -> list[str]:
 
 
 def looks_like_chexpert(header: list[str]) -> bool:
-    """A ``Path`` column plus ``Frontal/Lateral`` or at least 5 CheXpert observations."""
+    """A ``Path`` column plus ``Frontal/Lateral`` or at least 5 CheXpert observations,
+    and no patient column (which CheXpert lacks and cxr's own saved tables have)."""
     keys = {column_key(c) for c in header}
-    if "path" not in keys:
+    if "path" not in keys or "patientid" in keys:
         return False
     return "frontallateral" in keys or len(chexpert_label_columns(header)) >= 5
 
