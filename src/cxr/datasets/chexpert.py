@@ -33,7 +33,7 @@ from cxr.datasets._common import (
     line_of,
     read_csv_strings,
 )
-from cxr.labels import CHEXPERT14_LABELS, canonical_label
+from cxr.labels import CHEXPERT14_LABELS
 from cxr.table import LabelTable
 
 #: The 14 observation columns as CheXpert's CSVs spell them.
