@@ -21,3 +21,32 @@ def shared_datasets() -> Path:
     if not (SHARED_DATASETS / "README.md").is_file():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+def make_phantom_caches(root: Path, n_images: int, size: int, seed: int = 0) -> dict[str, Path]:
+    """Phantoms split by patient (80/10/10) and prepared at ``size``: {split: cache folder}."""
+    from cxr.cache import prepare
+    from cxr.split import split_by_patient, split_tables
+    from cxr.synth import SynthConfig, generate_phantoms
+
+    table = generate_phantoms(root / "phantoms", SynthConfig(n_images=n_images, size=size * 2,
+                                                             seed=seed), workers=1)
+    parts = split_tables(table, split_by_patient(table, seed=seed))
+    out = {}
+    for name, part in parts.items():
+        prepare(part, root / "cache" / name, size, workers=1, progress=False)
+        out[name] = root / "cache" / name
+    out["phantoms"] = root / "phantoms"
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_caches_small(tmp_path_factory) -> dict[str, Path]:
+    """240 phantoms at 32 px, split and prepared: quick training runs."""
+    return make_phantom_caches(tmp_path_factory.mktemp("phantoms_small"), 240, 32)
+
+
+@pytest.fixture(scope="session")
+def phantom_caches_64(tmp_path_factory) -> dict[str, Path]:
+    """1000 phantoms at 64 px, split and prepared: runs that must learn."""
+    return make_phantom_caches(tmp_path_factory.mktemp("phantoms_64"), 1000, 64)

@@ -247,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="cache side in pixels (default: %(default)s)")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.set_defaults(func=cmd_demo)
+
+    from cxr import cli_evaluate, cli_train
+
+    cli_train.add_parsers(sub)
+    cli_evaluate.add_parsers(sub)
     return parser
 
 
@@ -254,10 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from cxr.cache import CacheError
+    from cxr.training import TrainError
 
     try:
         return int(args.func(args))
-    except (CLIError, CacheError, ValueError, TypeError, OSError) as err:
+    except (CLIError, CacheError, TrainError, ValueError, TypeError, OSError) as err:
         if os.environ.get("CXR_DEBUG"):
             raise
         print(f"cxr {args.command}: error: {err}", file=sys.stderr)

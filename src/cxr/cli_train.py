@@ -1,0 +1,141 @@
+"""``cxr train``: the command-line face of :mod:`cxr.training`.
+
+Every field of :class:`~cxr.training.TrainConfig` is an option (``--phase2-lr 3e-5``,
+``--augment-rotate 5``, ``--channels-last``); ``--config FILE`` reads a saved
+``config.yaml`` first and the options given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from cxr.training.config import (
+    LOSSES,
+    OPTIMIZERS,
+    POOLS,
+    PRECISIONS,
+    SCHEDULES,
+    AugmentConfig,
+    TrainConfig,
+)
+
+_HELP = {
+    "backbone": "backbone from the registry: densenet121 (default), densenet169, densenet201, "
+                "efficientnet-lite0, cxr-small-cnn",
+    "pretrained": "'imagenet' (a local file in the torch hub cache, $CXR_WEIGHTS_DIR, or "
+                  "downloaded by you) or a path to a weights file; default: random init",
+    "pool": f"head pooling: {', '.join(POOLS)}",
+    "dropout": "dropout before the output layer",
+    "hidden": "widths of dense layers before the output layer, comma-separated (e.g. 512,128)",
+    "labels": "labels to learn, comma-separated (default: all labels of the training cache)",
+    "phase1_epochs": "epochs of phase 1: backbone frozen, head trained",
+    "phase1_lr": "learning rate of phase 1",
+    "phase2_epochs": "epochs of phase 2: everything fine-tuned",
+    "phase2_lr": "learning rate of the backbone in phase 2",
+    "head_lr_factor": "phase-2 learning rate of the head = phase2_lr x this",
+    "optimizer": f"one of {', '.join(OPTIMIZERS)}",
+    "schedule": f"one of {', '.join(SCHEDULES)} (each with linear warm-up)",
+    "warmup_epochs": "warm-up length in epochs at the start of each phase (fractions allowed)",
+    "loss": f"one of {', '.join(LOSSES)}; NaN (unknown) labels are masked",
+    "batch_size": "images per optimiser micro-step per process",
+    "accumulate": "micro-steps per optimiser step (gradient accumulation)",
+    "grad_clip": "clip the gradient norm to this (0 = off)",
+    "ema_decay": "keep an EMA of the weights with this decay and validate/save it (0 = off)",
+    "early_stopping": "stop a phase after this many epochs without a better val AUC (0 = off)",
+    "precision": f"one of {', '.join(PRECISIONS)} (mixed precision with autocast)",
+    "device": "auto (the GPU when there is one), cpu, cuda, cuda:1, ...",
+    "loader_threads": "batches read ahead from the cache",
+    "deterministic": "deterministic cuDNN kernels (slower on GPU; CPU runs are always repeatable)",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if f.name == "augment":
+            continue
+        dest = prefix + f.name
+        default = getattr(defaults, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = _HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {shown})"
+        if isinstance(default, bool):
+            p.add_argument(_flag(dest), dest=dest, action=argparse.BooleanOptionalAction,
+                           default=None, help=text)
+        elif f.name in ("hidden", "labels"):
+            p.add_argument(_flag(dest), dest=dest, default=None, metavar="A,B,...", help=text)
+        else:
+            kind = type(default) if default is not None else str
+            p.add_argument(_flag(dest), dest=dest, type=kind, default=None, help=text)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``cxr train`` on the top-level sub-command parser."""
+    p = sub.add_parser(
+        "train", help="train a model on prepared caches (two phases, best val AUC kept)",
+        description="Train on TRAIN_CACHE, validate on VAL_CACHE every epoch, and write the run "
+                    "folder (config.yaml, history.csv, best.safetensors, last.safetensors, "
+                    "state.pt). Continue an interrupted run with --resume RUN. Several GPUs: "
+                    "torchrun --nproc-per-node N -m cxr train ...")
+    p.add_argument("train_cache", nargs="?", type=Path, help="prepared cache to train on")
+    p.add_argument("val_cache", nargs="?", type=Path, help="prepared cache to validate on")
+    p.add_argument("--out", type=Path, help="new run folder (default: runs/<backbone>)")
+    p.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue the run in RUN from its last completed epoch")
+    p.add_argument("--config", type=Path, help="read settings from a config.yaml first")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("training settings")
+    _add_fields(g, TrainConfig)
+    a = p.add_argument_group("augmentation (per batch, on the training device)")
+    _add_fields(a, AugmentConfig, prefix="augment_")
+    p.set_defaults(func=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of ``--config`` (or the defaults) with the given options applied."""
+    base = TrainConfig.load(args.config) if args.config else TrainConfig()
+    changes: dict = {}
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is None or f.name == "augment":
+            continue
+        if f.name in ("hidden", "labels"):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+            if f.name == "hidden":
+                try:
+                    value = tuple(int(v) for v in value)
+                except ValueError:
+                    raise ValueError(f"--hidden: {args.hidden!r} is not a list of widths "
+                                     "like 512,128") from None
+        changes[f.name] = value
+    aug = {f.name: getattr(args, "augment_" + f.name) for f in dataclasses.fields(AugmentConfig)
+           if getattr(args, "augment_" + f.name, None) is not None}
+    if aug:
+        changes["augment"] = dataclasses.replace(base.augment, **aug)
+    return base.replace(**changes) if changes else base
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cxr.training import resume, run_summary, train
+
+    if args.resume:
+        given = [n for n in ("train_cache", "val_cache", "config", "out") if getattr(args, n)]
+        if given:
+            raise ValueError(f"--resume continues a run with its saved settings; drop {given}")
+        result = resume(args.resume, progress=not args.no_progress)
+    else:
+        if args.train_cache is None or args.val_cache is None:
+            raise ValueError("give TRAIN_CACHE and VAL_CACHE (folders made by `cxr prepare`), "
+                             "or --resume RUN")
+        config = config_from_args(args)
+        out = args.out or Path("runs") / config.backbone
+        result = train(config, args.train_cache, args.val_cache, out,
+                       overwrite=args.overwrite, progress=not args.no_progress)
+    print(run_summary(result))
+    return 0

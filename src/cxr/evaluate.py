@@ -1,0 +1,413 @@
+"""Evaluate probabilities against labels: per-label and summary metrics, and comparisons.
+
+:func:`evaluate` takes ``labels`` (N, L) 1/0/NaN and ``probs`` (N, L) in [0, 1] (NaN = no
+prediction, skipped for that label) and returns an :class:`EvaluationReport`:
+
+- per label: images scored, positives, prevalence, AUC with a patient-bootstrap CI,
+  average precision, ECE, and, **only when thresholds chosen elsewhere are given**, the
+  operating point (sensitivity, specificity, PPV, NPV, F1, TP/FP/TN/FN). A test set never
+  picks its own thresholds: use :func:`evaluate_with_validation` to choose them on
+  validation data and apply them to test.
+- summary: macro AUC over labels with both classes (the others listed with the reason),
+  micro AUC (all known label cells pooled), macro average precision (same labels as the
+  macro AUC), pooled ECE and reliability bins.
+
+:func:`compare` tests, label by label, whether two predictors on the same images differ in
+AUC (DeLong), with a paired patient-bootstrap CI of the difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cxr import RESEARCH_NOTICE, __version__
+from cxr.metrics import (
+    OperatingPoint,
+    ReliabilityBins,
+    average_precision,
+    bootstrap_auc_ci_many,
+    bootstrap_auc_diff_ci,
+    confusion_at,
+    delong_test,
+    expected_calibration_error,
+    precision_recall_curve,
+    reliability_bins,
+    roc_auc,
+    roc_curve,
+)
+from cxr.thresholds import Thresholds, choose_thresholds
+
+NO_THRESHOLDS = ("no thresholds chosen on validation data were given, so sensitivity, specificity, "
+                 "PPV, NPV and F1 are not reported (a test set never picks its own thresholds)")
+_OP_KEYS = ("threshold", "tp", "fp", "tn", "fn", "sensitivity", "specificity", "ppv", "npv", "f1")
+
+
+def _clean(value):
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for tables; ``-`` for None/NaN."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+@dataclass(frozen=True)
+class LabelCurves:
+    """Plot data of one label: ROC ``fpr``/``tpr`` and PR ``precision``/``recall`` arrays."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    auc: float
+    average_precision: float
+    prevalence: float
+    operating: OperatingPoint | None = None
+
+
+@dataclass
+class LabelResult:
+    """Metrics of one label. ``n`` images were scored (label known, prediction present);
+    ``n_unknown`` had an unknown label, ``n_no_prediction`` a NaN probability. AUC, CI, AP
+    are NaN without both classes (``note`` says why); ``operating`` is None without a
+    threshold."""
+
+    name: str
+    n: int
+    n_positive: int
+    n_unknown: int
+    n_no_prediction: int
+    auc: float = math.nan
+    auc_ci_low: float = math.nan
+    auc_ci_high: float = math.nan
+    ci_resamples: int = 0
+    average_precision: float = math.nan
+    ece: float = math.nan
+    operating: OperatingPoint | None = None
+    note: str = ""
+
+    @property
+    def n_negative(self) -> int:
+        return self.n - self.n_positive
+
+    @property
+    def prevalence(self) -> float:
+        return self.n_positive / self.n if self.n else math.nan
+
+    def to_dict(self) -> dict:
+        out = {"label": self.name, "n": self.n, "n_positive": self.n_positive, "n_negative": self.n_negative,
+               "n_unknown": self.n_unknown, "n_no_prediction": self.n_no_prediction,
+               "prevalence": self.prevalence, "auc": self.auc, "auc_ci_low": self.auc_ci_low,
+               "auc_ci_high": self.auc_ci_high, "ci_resamples": self.ci_resamples,
+               "average_precision": self.average_precision, "ece": self.ece}
+        op = self.operating.to_dict() if self.operating else {}
+        out.update({k: op.get(k) for k in _OP_KEYS})
+        out["note"] = self.note
+        return {k: _clean(v) for k, v in out.items()}
+
+
+@dataclass
+class EvaluationReport:
+    """Per-label results and the summary. ``to_dict()`` keys are stable (absent values
+    are null); ``curves`` and ``reliability`` feed the figures (:mod:`cxr.report`)."""
+
+    labels: list[LabelResult]
+    macro_auc: float
+    macro_auc_labels: list[str]
+    excluded: dict[str, str]
+    micro_auc: float
+    macro_average_precision: float
+    ece: float
+    reliability: ReliabilityBins
+    n_images: int
+    n_patients: int
+    thresholds: str | None
+    settings: dict
+    notes: list[str] = field(default_factory=list)
+    curves: dict[str, LabelCurves] = field(default_factory=dict, repr=False)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def label(self, name: str) -> LabelResult:
+        for row in self.labels:
+            if row.name == name:
+                return row
+        raise KeyError(f"no label {name!r} in this report; it has {[r.name for r in self.labels]}")
+
+    def to_dict(self) -> dict:
+        return {
+            "research_notice": RESEARCH_NOTICE,
+            "cxr_version": __version__,
+            "sources": dict(self.sources),
+            "summary": {k: _clean(v) for k, v in {
+                "n_images": self.n_images, "n_patients": self.n_patients, "n_labels": len(self.labels),
+                "macro_auc": self.macro_auc, "macro_auc_n_labels": len(self.macro_auc_labels),
+                "micro_auc": self.micro_auc, "macro_average_precision": self.macro_average_precision,
+                "ece": self.ece}.items()},
+            "macro_auc_labels": list(self.macro_auc_labels),
+            "excluded_from_macro": dict(self.excluded),
+            "thresholds": self.thresholds,
+            "labels": [row.to_dict() for row in self.labels],
+            "reliability": self.reliability.to_dict(),
+            "settings": dict(self.settings),
+            "notes": list(self.notes),
+        }
+
+    def to_markdown(self) -> str:
+        pct = round(100 * (1 - self.settings.get("alpha", 0.05)))
+        lines = ["# cxr evaluation report", "", f"> **{RESEARCH_NOTICE}**", ""]
+        lines += [f"- {k}: {v}" for k, v in self.sources.items()]
+        lines += [f"- images: {self.n_images} ({self.n_patients} patients), labels: {len(self.labels)}", "",
+                  "## Summary", "", "| metric | value |", "|---|---|",
+                  f"| macro AUC ({len(self.macro_auc_labels)} labels) | {fmt(self.macro_auc)} |",
+                  f"| micro AUC | {fmt(self.micro_auc)} |",
+                  f"| macro average precision | {fmt(self.macro_average_precision)} |",
+                  f"| expected calibration error (pooled, {self.settings.get('n_bins')} bins) | {fmt(self.ece)} |", ""]
+        for name, why in self.excluded.items():
+            lines.append(f"- left out of the macro AUC: **{name}**: {why}")
+        show_op = any(r.operating for r in self.labels)
+        head = f"| label | n | positives | prevalence | AUC | {pct}% CI | AP | ECE |"
+        head += " threshold | TP | FP | TN | FN | sensitivity | specificity | PPV | NPV | F1 |" if show_op else ""
+        lines += [f"- operating thresholds: {self.thresholds or NO_THRESHOLDS}", "", "## Per label", "",
+                  head, "|---" * (18 if show_op else 8) + "|"]
+        for r in self.labels:
+            op = r.operating.to_dict() if r.operating else {}
+            cells = [r.name, r.n, r.n_positive, fmt(r.prevalence), fmt(r.auc),
+                     f"{fmt(r.auc_ci_low)} to {fmt(r.auc_ci_high)}", fmt(r.average_precision), fmt(r.ece)]
+            cells += [fmt(op.get(k)) for k in _OP_KEYS] if show_op else []
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+        notes = [f"{r.name}: {r.note}" for r in self.labels if r.note] + list(self.notes)
+        if notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+        s = self.settings
+        lines += ["", (f"AUC CIs: {s.get('n_bootstrap')} bootstrap resamples of patients (seed {s.get('seed')}), "
+                  "percentile intervals."), ""]
+        return "\n".join(lines)
+
+
+def _check_inputs(labels, probs, names, patient_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    labels = np.asarray(labels, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    names = [str(n) for n in names]
+    if labels.ndim != 2 or probs.shape != labels.shape or labels.shape[1] != len(names):
+        raise ValueError(f"labels {labels.shape} and probs {probs.shape} must both be (N, L) with L = "
+                         f"{len(names)} names")
+    known = labels[~np.isnan(labels)]
+    if not np.isin(known, (0.0, 1.0)).all():
+        raise ValueError("labels must be 1, 0 or NaN (unknown)")
+    finite = probs[~np.isnan(probs)]
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+        raise ValueError(f"probabilities must lie in [0, 1]; found [{finite.min():g}, {finite.max():g}] "
+                         "(apply a sigmoid to logits)")
+    notes = []
+    if patient_ids is None:
+        patient_ids = np.arange(len(labels)).astype(str)
+        notes.append("no patient ids given: the bootstrap resamples images as if each were its own patient")
+    patient_ids = np.asarray(patient_ids).astype(str)
+    if patient_ids.shape != (len(labels),):
+        raise ValueError(f"patient_ids must have shape ({len(labels)},), got {patient_ids.shape}")
+    return labels, probs, patient_ids, notes
+
+
+def evaluate(
+    labels: np.ndarray, probs: np.ndarray, names: Sequence[str], patient_ids: np.ndarray | None = None,
+    thresholds: Mapping[str, float] | None = None, n_bootstrap: int = 1000, seed: int = 0,
+    alpha: float = 0.05, n_bins: int = 10, notes: Sequence[str] = (), sources: Mapping[str, str] | None = None,
+) -> EvaluationReport:
+    """Evaluate ``probs`` (N, L) against ``labels`` (N, L) for the L ``names``.
+
+    ``patient_ids`` (N,) drive the bootstrap (None: each image its own patient);
+    ``thresholds`` (label -> probability, chosen on *other* data) enable the operating-point
+    metrics; ``n_bootstrap=0`` skips the CIs. ``notes`` and ``sources`` are carried into
+    the report (e.g. the alignment notes and file names).
+    """
+    labels, probs, patient_ids, extra = _check_inputs(labels, probs, names, patient_ids)
+    names = [str(n) for n in names]
+    usable = ~np.isnan(labels) & ~np.isnan(probs)
+    masked = np.where(usable, labels, np.nan)
+    rows: list[LabelResult] = []
+    curves: dict[str, LabelCurves] = {}
+    excluded: dict[str, str] = {}
+    both = []
+    for j, name in enumerate(names):
+        y, p = labels[usable[:, j], j], probs[usable[:, j], j]
+        row = LabelResult(name, len(y), int(y.sum()), int(np.isnan(labels[:, j]).sum()),
+                          int((np.isnan(probs[:, j]) & ~np.isnan(labels[:, j])).sum()))
+        notes_j = []
+        if len(y):
+            row.ece = expected_calibration_error(y, p, n_bins)
+        if row.n_positive == 0 or row.n_negative == 0:
+            why = "no labelled images" if row.n == 0 else (
+                f"no {'positive' if row.n_positive == 0 else 'negative'} images "
+                f"({row.n_positive} positive of {row.n}): AUC undefined")
+            excluded[name] = why
+            notes_j.append(why)
+        else:
+            both.append(j)
+            row.auc, row.average_precision = roc_auc(y, p), average_precision(y, p)
+        if thresholds is not None:
+            if name in thresholds:
+                row.operating = confusion_at(y, p, float(thresholds[name]))
+            else:
+                why = getattr(thresholds, "notes", {}).get(name, f"no threshold was given for {name}")
+                notes_j.append(why)
+        row.note = "; ".join(notes_j)
+        if j in both:
+            fpr, tpr, _ = roc_curve(y, p)
+            prec, rec, _ = precision_recall_curve(y, p)
+            curves[name] = LabelCurves(fpr, tpr, prec, rec, row.auc, row.average_precision,
+                                       row.prevalence, row.operating)
+        rows.append(row)
+    if n_bootstrap and both:
+        cis = bootstrap_auc_ci_many(masked[:, both], np.nan_to_num(probs[:, both]), patient_ids,
+                                    n_bootstrap, seed, alpha)
+        for j, ci in zip(both, cis):
+            rows[j].auc_ci_low, rows[j].auc_ci_high, rows[j].ci_resamples = ci.low, ci.high, ci.n_valid
+            if ci.n_valid < ci.n_requested:
+                extra.append(f"{names[j]}: {ci.n_requested - ci.n_valid} of {ci.n_requested} bootstrap "
+                             "resamples drew one class only and were left out of its CI")
+    pooled_y, pooled_p = masked[usable], probs[usable]
+    has_both = pooled_y.size and 0 < pooled_y.sum() < pooled_y.size
+    if isinstance(thresholds, Thresholds):
+        described = thresholds.describe()
+    else:
+        described = None if thresholds is None else "given by the caller"
+    return EvaluationReport(
+        rows,
+        macro_auc=float(np.mean([rows[j].auc for j in both])) if both else math.nan,
+        macro_auc_labels=[names[j] for j in both],
+        excluded=excluded,
+        micro_auc=roc_auc(pooled_y, pooled_p) if has_both else math.nan,
+        macro_average_precision=float(np.mean([rows[j].average_precision for j in both])) if both else math.nan,
+        ece=expected_calibration_error(pooled_y, pooled_p, n_bins) if pooled_y.size else math.nan,
+        reliability=reliability_bins(pooled_y, pooled_p, n_bins),
+        n_images=len(labels),
+        n_patients=len(np.unique(patient_ids)),
+        thresholds=described,
+        settings={"n_bootstrap": int(n_bootstrap), "seed": int(seed), "alpha": float(alpha), "n_bins": int(n_bins)},
+        notes=extra + list(notes),
+        curves=curves,
+        sources=dict(sources or {}),
+    )
+
+
+def evaluate_with_validation(
+    val_labels: np.ndarray, val_probs: np.ndarray, test_labels: np.ndarray, test_probs: np.ndarray,
+    names: Sequence[str], test_patient_ids: np.ndarray | None = None, method: str = "youden",
+    target: float = 0.9, val_source: str = "validation data", **options,
+) -> tuple[EvaluationReport, Thresholds]:
+    """Choose thresholds on validation (``val_*`` (Nv, L)) and evaluate test (``test_*``
+    (Nt, L)) at them; the test labels play no part in the choice. ``options`` go to
+    :func:`evaluate`. Returns the report and the thresholds applied."""
+    chosen = choose_thresholds(val_labels, val_probs, names, method, target, source=val_source)
+    return evaluate(test_labels, test_probs, names, test_patient_ids, thresholds=chosen, **options), chosen
+
+
+# comparison ---------------------------------------------------------------------------
+@dataclass
+class ComparisonRow:
+    """AUC of A and B on one label's images, their difference (A - B), DeLong z and
+    two-sided p-value, and the paired patient-bootstrap CI of the difference."""
+
+    name: str
+    n: int
+    n_positive: int
+    auc_a: float = math.nan
+    auc_b: float = math.nan
+    diff: float = math.nan
+    se: float = math.nan
+    z: float = math.nan
+    p_value: float = math.nan
+    diff_ci_low: float = math.nan
+    diff_ci_high: float = math.nan
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {("label" if k == "name" else k): _clean(v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class ComparisonReport:
+    """Per-label comparison of predictors A and B on the same images."""
+
+    rows: list[ComparisonRow]
+    model_names: tuple[str, str]
+    n_images: int
+    settings: dict
+    notes: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def compared(self) -> list[ComparisonRow]:
+        return [r for r in self.rows if not math.isnan(r.diff)]
+
+    def macro(self) -> tuple[float, float]:
+        rows = self.compared
+        if not rows:
+            return math.nan, math.nan
+        return float(np.mean([r.auc_a for r in rows])), float(np.mean([r.auc_b for r in rows]))
+
+    def to_dict(self) -> dict:
+        a, b = self.macro()
+        return {"research_notice": RESEARCH_NOTICE, "cxr_version": __version__, "sources": dict(self.sources),
+                "models": list(self.model_names), "n_images": self.n_images,
+                "summary": {"macro_auc_a": _clean(a), "macro_auc_b": _clean(b), "macro_diff": _clean(a - b),
+                            "n_labels": len(self.compared)},
+                "labels": [r.to_dict() for r in self.rows], "settings": dict(self.settings),
+                "notes": list(self.notes)}
+
+    def to_markdown(self) -> str:
+        a, b = self.model_names
+        ma, mb = self.macro()
+        pct = round(100 * (1 - self.settings.get("alpha", 0.05)))
+        lines = [f"# cxr comparison: {a} vs {b}", "", f"> **{RESEARCH_NOTICE}**", ""]
+        lines += [f"- {k}: {v}" for k, v in self.sources.items()]
+        lines += [(f"- images: {self.n_images}; macro AUC {a} {fmt(ma)}, {b} {fmt(mb)}, difference "
+                  f"{fmt(ma - mb)} over {len(self.compared)} labels"), "",
+                  (f"| label | n | positives | AUC {a} | AUC {b} | difference | {pct}% CI (bootstrap) | DeLong z "
+                  "| p-value |"), "|---" * 9 + "|"]
+        for r in self.rows:
+            lines.append(f"| {r.name} | {r.n} | {r.n_positive} | {fmt(r.auc_a)} | {fmt(r.auc_b)} | {fmt(r.diff)} "
+                         f"| {fmt(r.diff_ci_low)} to {fmt(r.diff_ci_high)} | {fmt(r.z, 2)} | {fmt(r.p_value, 4)} |")
+        notes = [f"{r.name}: {r.note}" for r in self.rows if r.note] + list(self.notes)
+        lines += ["", "p-values are per label, two-sided, not adjusted for the number of labels compared.", ""]
+        return "\n".join(lines + [f"- {n}" for n in notes] + [""])
+
+
+def compare(
+    labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, names: Sequence[str],
+    patient_ids: np.ndarray | None = None, n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
+    model_names: tuple[str, str] = ("A", "B"), notes: Sequence[str] = (), sources: Mapping[str, str] | None = None,
+) -> ComparisonReport:
+    """Per-label AUC(A) - AUC(B) on the images where the label and both predictions are
+    known: DeLong test plus a paired patient-bootstrap CI (``n_bootstrap=0`` skips it).
+    Arrays are (N, L); ``patient_ids`` (N,)."""
+    labels, probs_a, patient_ids, extra = _check_inputs(labels, probs_a, names, patient_ids)
+    _, probs_b, _, _ = _check_inputs(labels, probs_b, names, patient_ids)
+    rows = []
+    for j, name in enumerate(names):
+        ok = ~np.isnan(labels[:, j]) & ~np.isnan(probs_a[:, j]) & ~np.isnan(probs_b[:, j])
+        y = labels[ok, j]
+        row = ComparisonRow(str(name), int(ok.sum()), int(y.sum()))
+        if row.n_positive == 0 or row.n_positive == row.n:
+            row.note = f"not compared: {row.n_positive} positive of {row.n} images, AUC undefined"
+        else:
+            d = delong_test(y, probs_a[ok, j], probs_b[ok, j])
+            row.auc_a, row.auc_b, row.diff, row.se, row.z, row.p_value = d.auc1, d.auc2, d.diff, d.se, d.z, d.p_value
+            if n_bootstrap:
+                ci = bootstrap_auc_diff_ci(y, probs_a[ok, j], probs_b[ok, j], patient_ids[ok], n_bootstrap, seed, alpha)
+                row.diff_ci_low, row.diff_ci_high = ci.low, ci.high
+        rows.append(row)
+    return ComparisonReport(rows, (str(model_names[0]), str(model_names[1])), len(labels),
+                            {"n_bootstrap": int(n_bootstrap), "seed": int(seed), "alpha": float(alpha)},
+                            extra + list(notes), dict(sources or {}))

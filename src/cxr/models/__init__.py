@@ -1,0 +1,57 @@
+"""Models: backbone registry, model spec, pretrained weights and the chest X-ray classifier.
+
+>>> from cxr.models import ModelSpec, build_model
+>>> model = build_model(ModelSpec(labels=("Effusion", "Cardiomegaly")))  # random weights
+>>> # build_model(spec, pretrained="imagenet") loads ImageNet weights found locally
+"""
+
+from cxr.models.classifier import (
+    ChestClassifier,
+    ClassifierHead,
+    GeM,
+    build_model,
+    freeze_backbone,
+    parameter_groups,
+    unfreeze_backbone,
+)
+from cxr.models.pretrained import (
+    PretrainedWeightsError,
+    WeightsNotFoundError,
+    find_pretrained,
+    load_pretrained,
+)
+from cxr.models.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    BackboneEntry,
+    WeightsConfig,
+    get_backbone,
+    list_backbones,
+    register_backbone,
+)
+from cxr.models.spec import HeadConfig, ModelSpec
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Backbone",
+    "BackboneEntry",
+    "ChestClassifier",
+    "ClassifierHead",
+    "GeM",
+    "HeadConfig",
+    "ModelSpec",
+    "PretrainedWeightsError",
+    "WeightsConfig",
+    "WeightsNotFoundError",
+    "build_model",
+    "find_pretrained",
+    "freeze_backbone",
+    "get_backbone",
+    "list_backbones",
+    "load_pretrained",
+    "parameter_groups",
+    "register_backbone",
+    "unfreeze_backbone",
+]

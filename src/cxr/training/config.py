@@ -1,0 +1,193 @@
+"""The run configuration: one dataclass, saved as ``config.yaml`` beside every run.
+
+:class:`TrainConfig` holds every setting of ``cxr train``. It is written to the run
+folder before the first step and read back by ``cxr train --resume RUN``, so a run can
+always be told apart and repeated. Nested settings are plain dataclasses too
+(:class:`AugmentConfig`); :meth:`TrainConfig.to_dict` / :meth:`TrainConfig.from_dict`
+convert to and from plain YAML-safe values, refusing unknown keys by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("cosine", "plateau", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOSSES = ("weighted-bce", "pos-weight-bce", "inverse-frequency", "focal", "bce")
+POOLS = ("avg", "gem")
+
+
+class ConfigError(ValueError):
+    """A setting is out of range or unknown; the message names it."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Per-batch augmentation, done on the training device (GPU or CPU tensors).
+
+    Attributes:
+        rotate: largest rotation in degrees (uniform in [-rotate, rotate]).
+        scale: largest relative zoom (uniform in [1 - scale, 1 + scale]).
+        translate: largest shift as a fraction of the image side.
+        hflip: flip left-right with probability 0.5 (off by default: the heart is on
+            the left, and a flipped film is not a real one).
+        brightness: largest additive change of the [0, 1] intensities.
+        contrast: largest relative change of the contrast around the image mean.
+        enabled: False turns all of them off.
+    """
+
+    rotate: float = 7.0
+    scale: float = 0.08
+    translate: float = 0.05
+    hflip: bool = False
+    brightness: float = 0.08
+    contrast: float = 0.12
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``cxr train`` needs besides the data. Units are stated per field.
+
+    Model: ``backbone`` (registry name), ``pretrained`` (None, ``"imagenet"`` or a weights
+    file), head ``pool`` (avg | gem), ``dropout``, ``hidden`` (widths of dense layers
+    before the output layer), ``labels`` (None = all labels of the training cache).
+
+    Two phases: ``phase1_epochs`` train the head with the backbone frozen at ``phase1_lr``;
+    then ``phase2_epochs`` fine-tune everything at ``phase2_lr`` (the head at
+    ``phase2_lr * head_lr_factor``). Either phase may have 0 epochs.
+    """
+
+    # model
+    backbone: str = "densenet121"
+    pretrained: str | None = None
+    pool: str = "avg"
+    dropout: float = 0.0
+    hidden: tuple[int, ...] = ()
+    labels: tuple[str, ...] | None = None
+    # phases and optimisation
+    phase1_epochs: int = 2
+    phase1_lr: float = 1e-3
+    phase2_epochs: int = 8
+    phase2_lr: float = 1e-4
+    head_lr_factor: float = 1.0
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.5
+    plateau_patience: int = 1
+    plateau_factor: float = 0.1
+    loss: str = "weighted-bce"
+    focal_gamma: float = 2.0
+    batch_size: int = 32
+    accumulate: int = 1
+    grad_clip: float = 0.0
+    ema_decay: float = 0.0
+    early_stopping: int = 0
+    # speed
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    loader_threads: int = 1
+    val_batch_size: int = 128
+    # data
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, name: str, what: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {what}")
+
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"choose one of {OPTIMIZERS}")
+        need(self.schedule in SCHEDULES, "schedule", f"choose one of {SCHEDULES}")
+        need(self.precision in PRECISIONS, "precision", f"choose one of {PRECISIONS}")
+        need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")
+        need(self.pool in POOLS, "pool", f"choose one of {POOLS}")
+        for name in ("phase1_epochs", "phase2_epochs", "early_stopping", "plateau_patience"):
+            need(int(getattr(self, name)) >= 0, name, "must be 0 or more")
+        need(self.phase1_epochs + self.phase2_epochs > 0, "phase2_epochs",
+             "phase1_epochs + phase2_epochs must be at least 1")
+        for name in ("batch_size", "accumulate", "val_batch_size", "loader_threads"):
+            need(int(getattr(self, name)) >= 1, name, "must be 1 or more")
+        for name in ("phase1_lr", "phase2_lr", "head_lr_factor"):
+            need(float(getattr(self, name)) > 0, name, "must be positive")
+        need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1); 0 turns EMA off")
+        need(self.warmup_epochs >= 0, "warmup_epochs", "must be 0 or more")
+        need(all(int(h) > 0 for h in self.hidden), "hidden", "layer widths must be positive")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(self.labels))
+        if isinstance(self.augment, dict):
+            object.__setattr__(self, "augment", _from_dict(AugmentConfig, self.augment, "augment."))
+
+    @property
+    def epochs(self) -> int:
+        """Total epochs over both phases."""
+        return self.phase1_epochs + self.phase2_epochs
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (lists for tuples), safe for YAML and JSON."""
+        out = dataclasses.asdict(self)
+        out["hidden"] = list(self.hidden)
+        out["labels"] = None if self.labels is None else list(self.labels)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; an unknown key is an error that names it."""
+        return _from_dict(cls, values, "")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the configuration as YAML."""
+        path = Path(path)
+        path.write_text("# cxr training configuration\n"
+                        + yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a configuration written by :meth:`save` (or by hand)."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a mapping of settings")
+        try:
+            return cls.from_dict(values)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+def _from_dict(cls: type, values: dict[str, Any], prefix: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {[prefix + k for k in unknown]}; "
+                          f"known: {sorted(known)}")
+    values = dict(values)
+    if "hidden" in values and values["hidden"] is not None:
+        values["hidden"] = tuple(values["hidden"])
+    if "labels" in values and values["labels"] is not None:
+        values["labels"] = tuple(values["labels"])
+    if cls is TrainConfig and isinstance(values.get("augment"), dict):
+        values["augment"] = _from_dict(AugmentConfig, values["augment"], "augment.")
+    return cls(**values)

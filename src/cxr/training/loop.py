@@ -1,0 +1,305 @@
+"""The training loop: two phases, validation AUC, best and last model, resume, DDP.
+
+:func:`train` starts a run in a new run folder; :func:`resume` continues one after a
+crash or a kill from the last completed epoch, with the optimiser, schedule, scaler, EMA
+and random-number states, so that the resumed run ends where an uninterrupted one would.
+
+The run folder::
+
+    config.yaml        the TrainConfig (written before the first step)
+    run.json           the caches, labels and model spec of the run
+    history.csv        one row per epoch: phase, lr, losses, val macro AUC, per-label AUC, img/s
+    state.pt           everything needed to resume (tensors and plain values only)
+    last.safetensors   the model after the latest epoch
+    best.safetensors   the model of the best validation macro AUC, with per-label
+                       thresholds chosen on the validation set (Youden's J)
+    tensorboard/       the same metrics, when TensorBoard is installed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr import __version__
+from cxr.cache import PreparedCache
+from cxr.training import distributed as dd
+from cxr.training.config import TrainConfig
+from cxr.training.engine import Engine, EpochStats
+from cxr.training.loader import CacheBatches
+
+STATE_VERSION = 1
+
+
+class TrainError(RuntimeError):
+    """The run cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or early-stopped) run produced."""
+
+    run_dir: Path
+    best_auc: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def best_model(self) -> Path:
+        return self.run_dir / "best.safetensors"
+
+    @property
+    def last_model(self) -> Path:
+        return self.run_dir / "last.safetensors"
+
+
+#: ``callback(event, info)``: event ``"step"`` (info: epoch, step) or ``"epoch"`` (info: the
+#: history row). Used by tests to kill a run at a chosen point and by progress displays.
+Callback = Callable[[str, dict], None]
+
+
+def train(config: TrainConfig, train_cache: str | Path | PreparedCache,
+          val_cache: str | Path | PreparedCache, run_dir: str | Path, *,
+          overwrite: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train a new model on a prepared cache; validate on another each epoch.
+
+    Args:
+        config: every setting (see :class:`TrainConfig`).
+        train_cache, val_cache: prepared caches (``cxr prepare``) or their folders; both
+            must have the same image size and hold the labels the model learns.
+        run_dir: new folder for the run; an existing run there is an error (use
+            :func:`resume`) unless ``overwrite``.
+        progress: show a progress bar (rank 0 only).
+    """
+    run_dir = Path(run_dir)
+    info = dd.setup(config.device)
+    if info.is_main:
+        if (run_dir / "state.pt").exists() and not overwrite:
+            raise TrainError(f"{run_dir} already holds a run; continue it with "
+                             f"`cxr train --resume {run_dir}` or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("state.pt", "history.csv", "best.safetensors", "last.safetensors"):
+            (run_dir / stale).unlink(missing_ok=True)
+    train_c, val_c = _open(train_cache), _open(val_cache)
+    if info.is_main:
+        config.save(run_dir / "config.yaml")
+        (run_dir / "run.json").write_text(json.dumps({
+            "train_cache": str(train_c.path.resolve()), "val_cache": str(val_c.path.resolve()),
+            "cxr_version": __version__, "world_size": info.world_size}, indent=2))
+    return _run(config, train_c, val_c, run_dir, info, None, progress, echo, callbacks)
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, echo: Callable[[str], None] = print,
+           callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last completed epoch."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "run.json", "state.pt"):
+        if not (run_dir / name).is_file():
+            raise TrainError(f"cannot resume {run_dir}: it has no {name} "
+                             "(a run saves state.pt after its first epoch)")
+    config = TrainConfig.load(run_dir / "config.yaml")
+    meta = json.loads((run_dir / "run.json").read_text())
+    info = dd.setup(config.device)
+    state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
+    if state.get("version") != STATE_VERSION:
+        raise TrainError(f"{run_dir / 'state.pt'} was written by another cxr version; "
+                         "start a new run")
+    if int(state["world_size"]) != info.world_size:
+        raise TrainError(f"{run_dir} was trained with {state['world_size']} processes; resume it "
+                         f"with the same number (now {info.world_size})")
+    train_c, val_c = _open(meta["train_cache"]), _open(meta["val_cache"])
+    return _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks)
+
+
+def _open(cache: str | Path | PreparedCache) -> PreparedCache:
+    return cache if isinstance(cache, PreparedCache) else PreparedCache(cache)
+
+
+def _label_index(config: TrainConfig, train_c: PreparedCache, val_c: PreparedCache):
+    names = tuple(config.labels or train_c.table.pathologies)
+    index = {}
+    for which, cache in (("training", train_c), ("validation", val_c)):
+        have = cache.table.pathologies
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise TrainError(f"the {which} cache {cache.path} lacks label(s) {missing}; "
+                             f"it has {list(have)}")
+        index[which] = [have.index(n) for n in names]
+    if train_c.size != val_c.size:
+        raise TrainError(f"the training cache is {train_c.size}px but the validation cache "
+                         f"is {val_c.size}px; prepare both at the same --size")
+    return names, index["training"], index["validation"]
+
+
+def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks) -> TrainResult:
+    names, train_index, val_index = _label_index(config, train_c, val_c)
+    torch.manual_seed(config.seed)
+    if config.deterministic:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    else:
+        torch.backends.cudnn.benchmark = True
+    pin = info.device.type == "cuda"
+    train_b = CacheBatches(train_c, config.batch_size, shuffle=True, seed=config.seed,
+                           rank=info.rank, world_size=info.world_size, drop_last=True,
+                           label_index=train_index, pin_memory=pin, prefetch=2 * config.loader_threads)
+    val_b = CacheBatches(val_c, config.val_batch_size, shuffle=False, rank=info.rank,
+                         world_size=info.world_size, label_index=val_index, pin_memory=pin)
+    if len(train_b) == 0:
+        raise TrainError(f"the training cache {train_c.path} has {len(train_c)} images, fewer "
+                         f"than one batch of {config.batch_size} per process; lower --batch-size")
+    engine = Engine(config, names, train_c.size, train_c.table.labels[:, train_index], info,
+                    steps_per_epoch=math.ceil(len(train_b) / config.accumulate))
+    val_labels = val_c.table.labels[:, val_index]
+    history: list[dict] = []
+    best_auc, best_epoch, bad_epochs, start = -math.inf, -1, 0, 0
+    if state is not None:
+        engine.load_state_dict(state)
+        history, start = list(state["history"]), int(state["next_epoch"])
+        best_auc, best_epoch = float(state["best_auc"]), int(state["best_epoch"])
+        bad_epochs = int(state["bad_epochs"])
+        if info.is_main:
+            echo(f"resuming {run_dir} at epoch {start + 1} of {config.epochs}")
+    writer = _tensorboard(run_dir) if info.is_main else None
+    epoch = start
+    while epoch < config.epochs:
+        phase = 1 if epoch < config.phase1_epochs else 2
+        engine.enter_phase(phase)
+        train_b.set_epoch(epoch)
+        stats = engine.train_epoch(train_b, epoch, progress and info.is_main, callbacks)
+        probs, val_loss = engine.predict(val_b, with_loss_on=val_labels)
+        row = _history_row(epoch, phase, stats, val_loss, val_labels, probs, names)
+        improved = row["val_macro_auc"] > best_auc
+        if improved:
+            best_auc, best_epoch, bad_epochs = row["val_macro_auc"], epoch, 0
+        else:
+            bad_epochs += 1
+        engine.schedule.epoch_end(row["val_macro_auc"])
+        history.append(row)
+        next_epoch = epoch + 1
+        stop = config.early_stopping and bad_epochs >= config.early_stopping
+        if stop and phase == 1 and config.phase2_epochs:
+            next_epoch, bad_epochs, stop = config.phase1_epochs, 0, False
+            row["note"] = "early stop of phase 1"
+        elif stop:
+            row["note"] = f"early stop: no better val AUC for {bad_epochs} epochs"
+        if info.is_main:
+            _save_epoch(run_dir, engine, row, history, improved, names,
+                        dict(next_epoch=config.epochs if stop else next_epoch, best_auc=best_auc,
+                             best_epoch=best_epoch, bad_epochs=bad_epochs,
+                             world_size=info.world_size), writer)
+            echo(_epoch_line(row, config.epochs, best_auc))
+        for cb in callbacks:
+            cb("epoch", row)
+        if stop:
+            break
+        epoch = next_epoch
+    if info.is_main and best_epoch >= 0:
+        _finish(run_dir, engine, val_b, val_labels, names, echo)
+    if writer is not None:
+        writer.close()
+    dd.teardown(info)
+    return TrainResult(run_dir, float(best_auc), best_epoch, len(history), history)
+
+
+def _history_row(epoch, phase, stats: EpochStats, val_loss, val_labels, probs, names) -> dict:
+    from cxr.metrics import roc_auc
+
+    aucs = {}
+    for j, name in enumerate(names):
+        known = ~np.isnan(val_labels[:, j])
+        y = val_labels[known, j]
+        aucs[name] = roc_auc(y, probs[known, j]) if 0 < y.sum() < len(y) else float("nan")
+    valid = [a for a in aucs.values() if not math.isnan(a)]
+    row = {"epoch": epoch + 1, "phase": phase, "lr": stats.lr, "train_loss": stats.loss,
+           "val_loss": val_loss, "val_macro_auc": float(np.mean(valid)) if valid else float("nan"),
+           "images_per_second": stats.images_per_second, "seconds": stats.seconds}
+    row.update({f"val_auc_{n}": a for n, a in aucs.items()})
+    return row
+
+
+def _epoch_line(row: dict, epochs: int, best: float) -> str:
+    return (f"epoch {row['epoch']}/{epochs} (phase {row['phase']}): train loss "
+            f"{row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, val macro AUC "
+            f"{row['val_macro_auc']:.4f} (best {best:.4f}), {row['images_per_second']:.0f} img/s"
+            + (f" [{row['note']}]" if row.get("note") else ""))
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _save_epoch(run_dir: Path, engine: Engine, row: dict, history: list[dict], improved: bool,
+                names, progress_state: dict, writer) -> None:
+    from cxr.modelfile import save_model
+
+    summary = {"epoch": row["epoch"], "val_macro_auc": row["val_macro_auc"]}
+    model = engine.eval_model()
+    save_model(run_dir / "last.safetensors", model, training=summary)
+    if improved:
+        save_model(run_dir / "best.safetensors", model, training=summary)
+    _write_history(run_dir / "history.csv", history)
+    state = engine.state_dict()
+    state.update(progress_state, version=STATE_VERSION, history=history)
+    _atomic_torch_save(state, run_dir / "state.pt")
+    if writer is not None:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, path)
+
+
+def _finish(run_dir: Path, engine: Engine, val_b: CacheBatches, val_labels, names, echo) -> None:
+    """Choose thresholds on validation with the best model and store them in its file."""
+    from cxr.modelfile import load_model, with_thresholds
+    from cxr.thresholds import choose_thresholds
+
+    best = load_model(run_dir / "best.safetensors", device=engine.device)
+    probs, _ = engine.predict(val_b, model=best.model)
+    chosen = choose_thresholds(val_labels, probs, names, method="youden", source="validation")
+    with_thresholds(run_dir / "best.safetensors", dict(chosen))
+    echo(f"best model: {run_dir / 'best.safetensors'} (thresholds chosen on validation "
+         f"for {len(chosen)} of {len(names)} labels)")
+
+
+def _tensorboard(run_dir: Path):
+    with contextlib.suppress(Exception):  # TensorBoard is optional
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(run_dir / "tensorboard"))
+    return None
+
+
+def run_summary(result: TrainResult) -> str:
+    """A few lines about a finished run, for the command line."""
+    lines = [f"run folder: {result.run_dir}",
+             f"epochs run: {result.epochs_run}; best validation macro AUC "
+             f"{result.best_auc:.4f} at epoch {result.best_epoch + 1}",
+             f"models: {result.best_model} (best), {result.last_model} (last)"]
+    if result.history:
+        lines.append(f"training throughput (last epoch): "
+                     f"{result.history[-1]['images_per_second']:.0f} images/s")
+    return "\n".join(lines)
+
