@@ -274,7 +274,7 @@ def test_lesion_masks_are_tight(finding):
 
 def test_lesion_sizes():
     for seed in range(10):
-        for finding, (lo, hi) in {"Mass": (0.08, 0.15), "Nodule": (0.025, 0.05)}.items():
+        for finding, (lo, hi) in {"Mass": (0.08, 0.15), "Nodule": (0.04, 0.075)}.items():
             r = render_phantom_details(np.random.default_rng(seed), 256, (finding,))
             mask = r.masks[finding]
             n_discs = 1 if finding == "Mass" else 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 from cxr.training.config import (
@@ -137,5 +138,6 @@ def run_train(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / config.backbone
         result = train(config, args.train_cache, args.val_cache, out,
                        overwrite=args.overwrite, progress=not args.no_progress)
-    print(run_summary(result))
+    if os.environ.get("RANK", "0") == "0":  # one summary from a torchrun job
+        print(run_summary(result))
     return 0

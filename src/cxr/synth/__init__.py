@@ -26,7 +26,8 @@ Findings (the names of :data:`SYNTH_LABELS`, canonical :mod:`cxr.labels` spellin
     one round, slightly lobulated opacity of diameter 8-15 % of the image in a lung.
     Mask: the disc.
 ``Nodule``
-    one or two small round opacities of diameter 2.5-5 % of the image. Mask: the discs.
+    one or two small round opacities of diameter 4-7.5 % of the image (a nodule is under 3 cm,
+    about 7.5 % of a 40-cm film; a mass is larger). Mask: the discs.
 ``Pneumothorax``
     the lung of one side collapsed towards the hilum: a dark rim along its apical and
     lateral edge without lung markings (ribs show faintly), bounded by a thin bright

@@ -23,7 +23,7 @@ NORMAL_CTR: tuple[float, float] = (0.37, 0.475)
 ENLARGED_CTR: tuple[float, float] = (0.55, 0.68)
 #: Lesion diameters as fractions of the image side.
 MASS_DIAMETER: tuple[float, float] = (0.08, 0.15)
-NODULE_DIAMETER: tuple[float, float] = (0.025, 0.05)
+NODULE_DIAMETER: tuple[float, float] = (0.04, 0.075)
 
 _F32 = np.float32
 

@@ -86,10 +86,7 @@ def gather_shards(info: Dist, shard, total: int):
     return out
 
 
-def broadcast_flag(info: Dist, flag: bool) -> bool:
-    """Rank 0's boolean, on every rank (e.g. 'stop early')."""
-    if not info.enabled:
-        return flag
-    box = [flag]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
+def barrier(info: Dist) -> None:
+    """Wait for every rank (no-op in one process)."""
+    if info.enabled:
+        dist.barrier()

@@ -104,6 +104,8 @@ def resume(run_dir: str | Path, *, progress: bool = True, echo: Callable[[str], 
            callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Continue the run in ``run_dir`` from its last completed epoch."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TrainError(f"cannot resume {run_dir}: no such run folder")
     for name in ("config.yaml", "run.json", "state.pt"):
         if not (run_dir / name).is_file():
             raise TrainError(f"cannot resume {run_dir}: it has no {name} "
@@ -194,7 +196,7 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         elif stop:
             row["note"] = f"early stop: no better val AUC for {bad_epochs} epochs"
         if info.is_main:
-            _save_epoch(run_dir, engine, row, history, improved, names,
+            _save_epoch(run_dir, engine, row, history, improved, train_c.fit,
                         dict(next_epoch=config.epochs if stop else next_epoch, best_auc=best_auc,
                              best_epoch=best_epoch, bad_epochs=bad_epochs,
                              world_size=info.world_size), writer)
@@ -204,8 +206,8 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         if stop:
             break
         epoch = next_epoch
-    if info.is_main and best_epoch >= 0:
-        _finish(run_dir, engine, val_b, val_labels, names, echo)
+    if best_epoch >= 0:
+        _finish(run_dir, engine, val_b, val_labels, names, info, echo)
     if writer is not None:
         writer.close()
     dd.teardown(info)
@@ -242,10 +244,13 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def _save_epoch(run_dir: Path, engine: Engine, row: dict, history: list[dict], improved: bool,
-                names, progress_state: dict, writer) -> None:
+                fit: str, progress_state: dict, writer) -> None:
     from cxr.modelfile import save_model
 
-    summary = {"epoch": row["epoch"], "val_macro_auc": row["val_macro_auc"]}
+    summary = {"epoch": row["epoch"], "val_macro_auc": row["val_macro_auc"], "fit": fit,
+               "val_auc": {k[len("val_auc_"):]: v for k, v in row.items()
+                           if k.startswith("val_auc_")},
+               "config": engine.config.to_dict()}
     model = engine.eval_model()
     save_model(run_dir / "last.safetensors", model, training=summary)
     if improved:
@@ -271,13 +276,18 @@ def _write_history(path: Path, history: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _finish(run_dir: Path, engine: Engine, val_b: CacheBatches, val_labels, names, echo) -> None:
-    """Choose thresholds on validation with the best model and store them in its file."""
+def _finish(run_dir: Path, engine: Engine, val_b: CacheBatches, val_labels, names,
+            info: dd.Dist, echo) -> None:
+    """Choose thresholds on validation with the best model and store them in its file.
+    Every rank predicts its shard; rank 0 chooses and writes."""
     from cxr.modelfile import load_model, with_thresholds
     from cxr.thresholds import choose_thresholds
 
+    dd.barrier(info)  # rank 0 has written best.safetensors
     best = load_model(run_dir / "best.safetensors", device=engine.device)
     probs, _ = engine.predict(val_b, model=best.model)
+    if not info.is_main:
+        return
     chosen = choose_thresholds(val_labels, probs, names, method="youden", source="validation")
     with_thresholds(run_dir / "best.safetensors", dict(chosen))
     echo(f"best model: {run_dir / 'best.safetensors'} (thresholds chosen on validation "

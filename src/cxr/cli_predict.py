@@ -1,0 +1,195 @@
+"""The ``cxr predict`` and ``cxr localize`` sub-commands (wired into :mod:`cxr.cli` by
+:func:`add_parsers`).
+
+``cxr predict MODEL IMAGE|FOLDER... [--format text|json|csv] [--out FILE] [--tta]
+[--explain OUTDIR [--top-k 3 | --explain-labels A,B] [--method gradcam|gradcam++]]``
+    probabilities of every label for PNG, JPEG and DICOM files (folders searched
+    recursively), preprocessed as in training. Exit code 0: every image was predicted;
+    1: some file was unreadable (reported by name and skipped); 2: bad usage or model.
+
+``cxr localize MODEL SOURCE [--boxes BBOX_CSV] [--labels A,B] [--method ...] [--out DIR]``
+    pointing game and IoU of the heatmaps against phantom masks or NIH boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from cxr import RESEARCH_NOTICE
+
+EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``predict`` and ``localize`` (each with ``set_defaults(func=...)``)."""
+    from cxr.explain import CAM_METHODS
+
+    p = subparsers.add_parser(
+        "predict", help="label probabilities (and Grad-CAM heatmaps) for image files",
+        description="Predict every label for PNG, JPEG or DICOM images, preprocessed as in training "
+                    "(size and fit read from the model file). Exit code 0: all images predicted; "
+                    f"1: some file was unreadable and skipped; 2: bad usage or model. {RESEARCH_NOTICE}")
+    p.add_argument("model", type=Path, help="model file (.safetensors written by cxr train)")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE|FOLDER",
+                   help="image files and/or folders (searched recursively)")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                   help="output format (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="write the output to this file (default: stdout)")
+    p.add_argument("--explain", type=Path, metavar="OUTDIR",
+                   help="write a heatmap PNG (image beside overlay) per image and label here")
+    p.add_argument("--top-k", type=int, default=3,
+                   help="explain the K most probable labels (default: %(default)s)")
+    p.add_argument("--explain-labels", metavar="A,B",
+                   help="explain these labels instead of the top K (comma-separated)")
+    p.add_argument("--method", choices=CAM_METHODS, default="gradcam",
+                   help="heatmap method (default: %(default)s)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: mean over original, mirror and 4 small shifts")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_predict)
+
+    p = subparsers.add_parser(
+        "localize", help="pointing game and IoU of heatmaps vs phantom masks or NIH boxes",
+        description="Check where the heatmaps point: the fraction of images whose heatmap peak lies "
+                    "inside the finding (pointing game) and the IoU of the half-maximum region with "
+                    f"it, per label. {RESEARCH_NOTICE}")
+    p.add_argument("model", type=Path, help="model file")
+    p.add_argument("source", type=Path,
+                   help="phantom folder (cxr synth: labels.csv, masks/) or folder of NIH images")
+    p.add_argument("--boxes", type=Path, metavar="BBOX_CSV",
+                   help="NIH BBox_List_2017.csv.gz (default: looked for near SOURCE)")
+    p.add_argument("--labels", help="comma-separated labels (default: the model's labels that have "
+                                    "locations)")
+    p.add_argument("--method", choices=CAM_METHODS, default="gradcam",
+                   help="heatmap method (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="IoU region: heatmap >= THRESHOLD x its maximum (default: %(default)s)")
+    p.add_argument("--tolerance", type=float, default=0.0, metavar="PIXELS",
+                   help="also count peaks within PIXELS of the finding (the original pointing "
+                        "game uses 15); reported beside the strict rate (default: %(default)s)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="also write localization.json and localization.csv here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--batch-size", type=int, default=16, help="maps per batch (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_localize)
+
+
+def _error(command: str, message: object) -> int:
+    print(f"cxr {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
+
+
+def _write_explanations(predictor, result, out_dir: Path, labels, top_k: int, method: str) -> int:
+    from cxr.explain import explain, save_explanation_png
+
+    written, used = 0, set()
+    for it in result.predicted:
+        image = predictor.preprocess(it.path)
+        stem = _safe(Path(it.path).stem)
+        base, k = stem, 1
+        while base in used:
+            k += 1
+            base = f"{stem}-{k}"
+        used.add(base)
+        for ex in explain(predictor.model, image, labels=labels, top_k=top_k, method=method):
+            save_explanation_png(out_dir / f"{base}_{_safe(ex.label)}.png", image, ex)
+            written += 1
+    return written
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """``cxr predict``: returns the exit code."""
+    from cxr.images import ImageReadError
+    from cxr.modelfile import ModelFileError
+    from cxr.predict import Predictor
+
+    if args.batch_size < 1:
+        return _error("predict", f"--batch-size must be 1 or more, got {args.batch_size}")
+    try:
+        predictor = Predictor(args.model, device=args.device, tta=args.tta,
+                              batch_size=args.batch_size)
+    except (ModelFileError, ValueError, TypeError, RuntimeError) as err:
+        return _error("predict", err)
+    labels = _names(args.explain_labels)
+    if args.explain is not None:
+        n = len(predictor.labels)
+        unknown = [x for x in labels or () if x not in predictor.labels]
+        if unknown:
+            return _error("predict", f"--explain-labels {unknown} are not labels of the model; it "
+                                     f"has {', '.join(predictor.labels)}")
+        if labels is None and not 1 <= args.top_k <= n:
+            return _error("predict", f"--top-k must be from 1 to {n} (the model's labels), "
+                                     f"got {args.top_k}")
+    for path in args.inputs:
+        if path.is_dir() and not any(path.iterdir()):
+            return _error("predict", f"folder {path} is empty; give image files or folders of images")
+    result = predictor.predict_images(args.inputs, progress=not args.no_progress)
+    if not result.items:
+        return _error("predict", "no image files found in " + ", ".join(map(str, args.inputs))
+                      + " (PNG, JPEG or DICOM)")
+    text = result.render(args.format)
+    if args.out is not None:
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text, encoding="utf-8")
+        except OSError as err:
+            return _error("predict", f"cannot write --out {args.out}: {err}")
+        print(f"wrote {args.format} predictions of {len(result.predicted)} image(s) to {args.out}",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if args.format != "text":
+        print(RESEARCH_NOTICE, file=sys.stderr)
+    for it in result.skipped:
+        print(f"cxr predict: skipped {it.path}: {it.reason}: {it.detail}", file=sys.stderr)
+    if args.explain is not None and result.predicted:
+        try:
+            count = _write_explanations(predictor, result, args.explain, labels, args.top_k,
+                                        args.method)
+        except (OSError, ImageReadError) as err:
+            return _error("predict", f"cannot write explanations to {args.explain}: {err}")
+        print(f"wrote {count} explanation PNG(s) ({args.method}) to {args.explain}",
+              file=sys.stderr)
+    return EXIT_OK if result.all_succeeded else EXIT_SKIPPED
+
+
+def run_localize(args: argparse.Namespace) -> int:
+    """``cxr localize``: returns the exit code (0, or 2 on bad input)."""
+    import json
+
+    from cxr.localization import localization_report
+    from cxr.modelfile import ModelFileError
+
+    try:
+        report = localization_report(args.model, args.source, labels=_names(args.labels),
+                                     method=args.method, boxes=args.boxes,
+                                     threshold=args.threshold, tolerance=args.tolerance,
+                                     batch_size=args.batch_size,
+                                     device=args.device, progress=not args.no_progress)
+    except (ModelFileError, ValueError, TypeError, OSError) as err:
+        return _error("localize", err)
+    if args.json:
+        data = report.to_dict()
+        data.pop("records")  # per image: in localization.csv with --out
+        print(json.dumps(data, indent=2))
+    else:
+        print(report.to_text())
+    if args.out is not None:
+        written = report.save(args.out)
+        print("written: " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,65 @@
+"""TrainConfig: validation, YAML round trip, command-line options."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from cxr.cli_train import add_parsers, config_from_args
+from cxr.training.config import AugmentConfig, ConfigError, TrainConfig
+
+
+def test_yaml_round_trip_keeps_every_field(tmp_path):
+    config = TrainConfig(backbone="cxr-small-cnn", hidden=(64, 32), labels=("Mass", "Nodule"),
+                         augment=AugmentConfig(rotate=3.0, hflip=True), ema_decay=0.99)
+    back = TrainConfig.load(config.save(tmp_path / "config.yaml"))
+    assert back == config
+    assert back.augment.hflip is True and back.hidden == (64, 32)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("optimizer", "lbfgs", "optimizer"),
+    ("precision", "int8", "precision"),
+    ("batch_size", 0, "batch_size"),
+    ("dropout", 1.5, "dropout"),
+    ("ema_decay", 1.0, "ema_decay"),
+])
+def test_bad_values_name_the_field(field, value, words):
+    with pytest.raises(ConfigError, match=words):
+        TrainConfig(**{field: value})
+
+
+def test_zero_epochs_in_both_phases_is_refused():
+    with pytest.raises(ConfigError, match="at least 1"):
+        TrainConfig(phase1_epochs=0, phase2_epochs=0)
+
+
+def test_unknown_keys_in_a_file_are_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("phase2_lr: 0.001\nlearning_rate: 0.1\naugment:\n  rotation: 4\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        TrainConfig.load(path)
+    path.write_text("augment:\n  rotation: 4\n")
+    with pytest.raises(ConfigError, match="augment.rotation"):
+        TrainConfig.load(path)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["train", *argv])
+
+
+def test_command_line_options_override_a_config_file(tmp_path):
+    saved = TrainConfig(phase2_lr=5e-5, batch_size=8).save(tmp_path / "config.yaml")
+    args = _parse(["a", "b", "--config", str(saved), "--batch-size", "4", "--hidden", "16,8",
+                   "--no-augment-enabled", "--channels-last"])
+    config = config_from_args(args)
+    assert config.phase2_lr == 5e-5 and config.batch_size == 4 and config.hidden == (16, 8)
+    assert config.augment.enabled is False and config.channels_last is True
+
+
+def test_bad_hidden_list_is_explained():
+    with pytest.raises(ValueError, match="--hidden"):
+        config_from_args(_parse(["a", "b", "--hidden", "wide"]))
