@@ -7,9 +7,15 @@ the folder is absent, so a user's own clone still passes.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+#: One CPU thread count for the whole suite: CPU kernels sum in an order that depends on it,
+#: so tests comparing runs (and subprocesses, which start with the core count) agree.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
@@ -50,3 +56,20 @@ def phantom_caches_small(tmp_path_factory) -> dict[str, Path]:
 def phantom_caches_64(tmp_path_factory) -> dict[str, Path]:
     """1000 phantoms at 64 px, split and prepared: runs that must learn."""
     return make_phantom_caches(tmp_path_factory.mktemp("phantoms_64"), 1000, 64)
+
+
+#: The recipe of the phantom model shared by the learning and localisation tests.
+PHANTOM_MODEL_EPOCHS = 16
+
+
+@pytest.fixture(scope="session")
+def trained_phantom_model(phantom_caches_64, tmp_path_factory):
+    """The small CNN (GeM head) trained 16 epochs on ``phantom_caches_64``: a TrainResult."""
+    from cxr.training import TrainConfig, train
+
+    config = TrainConfig(backbone="cxr-small-cnn", pool="gem", phase1_epochs=0,
+                         phase2_epochs=PHANTOM_MODEL_EPOCHS, phase2_lr=3e-3, batch_size=32,
+                         device="cpu", seed=0)
+    c = phantom_caches_64
+    return train(config, c["train"], c["val"], tmp_path_factory.mktemp("phantom_model") / "run",
+                 progress=False, echo=lambda s: None)

@@ -158,3 +158,45 @@ def test_prepared_cache_as_source(tmp_path, capsys):
     for j, row in enumerate(data["labels"]):
         if 0 < labels[:, j].sum() < 12:
             assert row["auc"] == pytest.approx(roc_auc_score(labels[:, j], probs[:, j]), abs=1e-8)
+
+
+def test_model_file_on_a_cache_and_on_its_images(trained_phantom_model, phantom_caches_64, tmp_path,
+                                                  capsys):
+    """``--model``: run a model file on a prepared cache, or on a dataset's images decoded as
+    in training; both give the same probabilities, and the model's stored thresholds (chosen on
+    validation) give the operating points."""
+    from cxr.modelfile import load_model
+    from cxr.predictions import read_predictions
+
+    model = trained_phantom_model.best_model
+    cache = phantom_caches_64["test"]
+    assert run(["evaluate", str(cache), "--model", str(model), "--out", str(tmp_path / "c"),
+                "--bootstrap", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert RESEARCH_NOTICE in out and "operating thresholds: youden on the validation data of" in out
+    data = json.loads((tmp_path / "c" / "report.json").read_text())
+    loaded = load_model(model)
+    table = LabelTable.read_csv(cache / "labels.csv")
+    preds = read_predictions(tmp_path / "c" / "predictions.csv")
+    assert len(preds) == len(table) == data["summary"]["n_images"]
+    for j, row in enumerate(data["labels"]):
+        assert row["auc"] == pytest.approx(roc_auc_score(table.labels[:, j], preds.probs[:, j]),
+                                           abs=1e-9)
+        assert row["threshold"] == pytest.approx(loaded.thresholds[row["label"]])
+    assert data["summary"]["macro_auc"] >= 0.9
+    # the same images through the dataset path (decoded again): the same probabilities
+    assert run(["evaluate", str(cache / "labels.csv"), "--model", str(model), "--out",
+                str(tmp_path / "d"), "--bootstrap", "0", "--no-progress"]) == 0
+    again = read_predictions(tmp_path / "d" / "predictions.csv")
+    np.testing.assert_allclose(again.probs, preds.probs, atol=1e-6)
+    # an unreadable image is named, and refused unless --allow-missing
+    broken = LabelTable.from_columns([table.paths[0], str(tmp_path / "gone.png")],
+                                     ["a", "b"], table.labels[:2], table.pathologies)
+    csv = broken.save_csv(tmp_path / "broken.csv")
+    with pytest.raises(EvaluateCLIError, match=r"gone\.png.*--allow-missing"):
+        run(["evaluate", str(csv), "--model", str(model), "--out", str(tmp_path / "e"),
+             "--no-progress"])
+    with pytest.raises(EvaluateCLIError, match="not both"):
+        run(["evaluate", str(cache), "--model", str(model), "--predictions", str(csv)])
+    with pytest.raises(EvaluateCLIError, match="needs SOURCE"):
+        run(["evaluate", "--model", str(model)])

@@ -12,7 +12,6 @@ from cxr.models.efficientnet import (
 )
 from cxr.models.pretrained import find_pretrained, read_state_dict
 
-torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize("size, stride, kernel", [(8, 2, 3), (9, 2, 3), (7, 1, 5), (10, 2, 5)])

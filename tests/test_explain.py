@@ -21,7 +21,6 @@ from cxr.explain import (
 )
 from cxr.models import ModelSpec, build_model, freeze_backbone, list_backbones
 
-torch.set_num_threads(2)
 LABELS = ("Cardiomegaly", "Effusion", "Mass")
 
 

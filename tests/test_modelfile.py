@@ -20,7 +20,6 @@ from cxr.modelfile import (
 )
 from cxr.models import HeadConfig, ModelSpec, build_model
 
-torch.set_num_threads(1)
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
 

@@ -24,7 +24,6 @@ from cxr.models import (
     unfreeze_backbone,
 )
 
-torch.set_num_threads(1)
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
 FEATURES = {

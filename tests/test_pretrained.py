@@ -18,7 +18,6 @@ from cxr.models import (
 from cxr.models.pretrained import convert_state_dict
 from cxr.models.registry import Backbone
 
-torch.set_num_threads(1)
 
 DN121 = "densenet121-a639ec97.pth"
 SPEC = ModelSpec(labels=("a", "b"), input_size=64)

@@ -49,12 +49,11 @@ def test_phase1_keeps_the_backbone_phase2_changes_it(phantom_caches_small, tmp_p
     assert len(changed) > len(backbone) // 2
 
 
-def test_a_small_model_learns_phantoms(phantom_caches_64, tmp_path):
-    c = phantom_caches_64
-    config = TrainConfig(backbone="cxr-small-cnn", pool="gem", phase1_epochs=0, phase2_epochs=16,
-                         phase2_lr=3e-3, batch_size=32, seed=0)
-    result = train(config, c["train"], c["val"], tmp_path / "run", progress=False,
-                   echo=lambda s: None)
+def test_a_small_model_learns_phantoms(trained_phantom_model):
+    """The shared phantom model (conftest: small CNN, GeM, 16 epochs, 800 training images
+    at 64 px) reaches validation macro AUC >= 0.95."""
+    result = trained_phantom_model
+    assert len(result.history) == 16
     assert result.best_auc >= 0.95, result.history[result.best_epoch]
     model = load_model(result.best_model)
     assert set(model.thresholds) == set(model.spec.labels)  # chosen on validation

@@ -248,10 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.set_defaults(func=cmd_demo)
 
-    from cxr import cli_evaluate, cli_train
+    from cxr import cli_evaluate, cli_predict, cli_train
 
     cli_train.add_parsers(sub)
     cli_evaluate.add_parsers(sub)
+    cli_predict.add_parsers(sub)
     return parser
 
 

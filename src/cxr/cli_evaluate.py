@@ -1,6 +1,11 @@
 """The ``cxr evaluate`` and ``cxr compare`` sub-commands (wired into :mod:`cxr.cli` by
 :func:`add_parsers`).
 
+``cxr evaluate SOURCE --model MODEL``
+    runs a model file on SOURCE (a prepared cache of the model's size, or a dataset whose
+    images are decoded as in training), writes its ``predictions.csv`` and evaluates it at
+    the thresholds stored in the model (chosen on validation data during training).
+
 ``cxr evaluate [SOURCE] --predictions PRED.csv [--thresholds-from VAL.csv --val-source VAL_SOURCE]``
     scores a predictions CSV against the labels of SOURCE (a dataset in any format
     :func:`cxr.datasets.load_dataset` reads, or a prepared cache folder). Without SOURCE,
@@ -57,12 +62,17 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate predictions against a dataset's labels: per-label AUC with a patient-bootstrap "
                     "CI, prevalence, average precision, calibration; operating-point metrics at thresholds "
                     f"chosen on validation data. Writes report.md/.json/.html and PNG figures. {RESEARCH_NOTICE}")
-    # model-file input: added by the training engineer
     p.add_argument("source", nargs="?", type=Path,
                    help="dataset (any supported format) or prepared cache folder with the true labels; default: "
                         "the folder of --predictions when it holds a dataset")
+    p.add_argument("--model", type=Path, metavar="MODEL",
+                   help="model file (.safetensors from cxr train) to run on SOURCE; its stored thresholds "
+                        "give the operating points unless --thresholds-from is given")
     p.add_argument("--predictions", type=Path, metavar="CSV",
                    help="predictions CSV: an image column and one probability column per label (prob_<Label>)")
+    p.add_argument("--device", default="cpu", help="torch device for --model (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch for --model (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar for --model")
     p.add_argument("--thresholds-from", type=Path, metavar="VAL_PRED_CSV|JSON",
                    help="validation predictions CSV to choose thresholds on (labels from --val-source), or a "
                         "JSON file of thresholds; without it no operating-point metrics are reported")
@@ -143,23 +153,80 @@ def _thresholds(args: argparse.Namespace, test_rows: set[str], labels: list[str]
                              args.target_sensitivity, source=f"{path} (labels: {val_source})")
 
 
+def predict_source(args: argparse.Namespace, table: LabelTable):
+    """Run ``args.model`` on ``args.source`` (a cache or a dataset): (Predictions, the model's
+    stored Thresholds or None)."""
+    from cxr.modelfile import ModelFileError
+    from cxr.predict import Predictor
+    from cxr.predictions import Predictions
+
+    if args.batch_size < 1:
+        raise EvaluateCLIError(f"--batch-size must be 1 or more, got {args.batch_size}")
+    try:
+        predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
+    except ModelFileError as err:
+        raise EvaluateCLIError(str(err)) from None
+    is_cache = args.source.is_dir() and (args.source / "manifest.json").is_file() and args.format is None
+    notes: tuple[str, ...] = ()
+    if is_cache:
+        probs = predictor.predict_cache(args.source, progress=not args.no_progress)
+    else:
+        probs, failed = predictor.predict_paths(table.paths, progress=not args.no_progress)
+        if failed:
+            first = next(iter(failed.items()))
+            notes = (f"{len(failed)} image(s) could not be read and have no predictions "
+                     f"(e.g. {first[0]}: {first[1]})",)
+            if not args.allow_missing:
+                raise EvaluateCLIError(f"{notes[0]}; fix or remove them, or pass --allow-missing to "
+                                       "evaluate the others")
+    preds = Predictions(images=table.paths, probs=probs, pathologies=predictor.labels,
+                        source=f"model {args.model}", notes=notes)
+    stored = predictor.thresholds
+    thresholds = None
+    if stored:
+        thresholds = Thresholds(stored, method="youden",
+                                source=f"the validation data of {args.model} (stored in the model file)")
+    return preds, thresholds
+
+
 # commands -----------------------------------------------------------------------------
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, print the per-label table and write the reports; returns 0."""
     from cxr.report import write_report
 
-    if args.predictions is None:  # model-file input: added by the training engineer
-        raise EvaluateCLIError("give --predictions CSV (a file with one probability column per label)")
     labels = _label_list(args)
-    preds = read_predictions(args.predictions, labels, args.image_column)
-    source = args.source or default_source(args.predictions)
-    aligned = align(load_labels(source, args.format), preds, labels, args.allow_missing, args.allow_duplicates)
+    model_thresholds = None
+    if args.model is not None:
+        if args.predictions is not None:
+            raise EvaluateCLIError("give either --model MODEL or --predictions CSV, not both")
+        if args.source is None:
+            raise EvaluateCLIError("--model needs SOURCE: the dataset or prepared cache to run it on")
+        source = args.source
+        table = load_labels(source, args.format)
+        preds, model_thresholds = predict_source(args, table)
+        written_preds = Path(args.out) / "predictions.csv"
+        from cxr.predictions import write_predictions
+
+        write_predictions(written_preds, preds.images, preds.probs, preds.pathologies)
+    elif args.predictions is not None:
+        preds = read_predictions(args.predictions, labels, args.image_column)
+        source = args.source or default_source(args.predictions)
+        table = load_labels(source, args.format)
+    else:
+        raise EvaluateCLIError("give --model MODEL (with SOURCE) or --predictions CSV (a file with one "
+                               "probability column per label)")
+    aligned = align(table, preds, labels, args.allow_missing, args.allow_duplicates)
     names = aligned.report.pathologies
     thresholds = _thresholds(args, set(aligned.report.images), labels)
+    if thresholds is None and model_thresholds is not None:
+        thresholds = model_thresholds
     report = evaluate(aligned.labels, aligned.probs, names, aligned.patient_ids, thresholds=thresholds,
                       n_bootstrap=args.bootstrap, seed=args.seed, notes=aligned.report.notes,
-                      sources={"labels": str(source), "predictions": str(args.predictions)})
+                      sources={"labels": str(source),
+                               "predictions": str(args.predictions or f"model {args.model}")})
     written = write_report(report, args.out)
+    if args.model is not None:
+        written["predictions"] = written_preds
     if thresholds is not None:
         written["thresholds"] = thresholds.save(Path(args.out) / "thresholds.json")
     print(RESEARCH_NOTICE)

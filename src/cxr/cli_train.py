@@ -48,7 +48,7 @@ _HELP = {
     "precision": f"one of {', '.join(PRECISIONS)} (mixed precision with autocast)",
     "device": "auto (the GPU when there is one), cpu, cuda, cuda:1, ...",
     "loader_threads": "batches read ahead from the cache",
-    "deterministic": "deterministic cuDNN kernels (slower on GPU; CPU runs are always repeatable)",
+    "deterministic": "deterministic cuDNN kernels (slower on GPU; CPU runs repeat exactly for the same seed and CPU thread count)",
 }
 
 

@@ -348,6 +348,57 @@ class Predictor:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.concatenate(out).astype(np.float32)
 
+    def predict_cache(self, cache: Any, progress: bool = False) -> np.ndarray:
+        """Probabilities float32 (N, L) of every image of a prepared cache (a
+        :class:`~cxr.cache.PreparedCache` or its folder), in cache order; the cache's side
+        and fit must be the model's."""
+        from tqdm.auto import tqdm
+
+        from cxr.cache import PreparedCache
+
+        cache = cache if isinstance(cache, PreparedCache) else PreparedCache(cache)
+        if cache.size != self.size:
+            raise ValueError(f"the cache {cache.path} holds {cache.size}px images but the model "
+                             f"{self.loaded.path} takes {self.size}px; prepare the data with "
+                             f"--size {self.size}")
+        if cache.fit != self.fit:
+            raise ValueError(f"the cache {cache.path} was prepared with --fit {cache.fit} but the "
+                             f"model was trained on --fit {self.fit}; prepare it again with "
+                             f"--fit {self.fit}")
+        out = []
+        with tqdm(total=len(cache), unit="img", desc="predict", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(cache), self.batch_size):
+                index = np.arange(start, min(start + self.batch_size, len(cache)))
+                out.append(self.predict_arrays(cache.read(index)))
+                bar.update(len(index))
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+    def predict_paths(self, paths: Sequence[_PathLike],
+                      progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+        """Probabilities float32 (N, L) of the N files in order (a dataset's image paths);
+        a file that cannot be read gets a row of NaN and an entry path -> reason."""
+        from tqdm.auto import tqdm
+
+        probs = np.full((len(paths), len(self.labels)), np.nan, dtype=np.float32)
+        failed: dict[str, str] = {}
+        with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(paths), self.batch_size):
+                rows, arrays = [], []
+                for i in range(start, min(start + self.batch_size, len(paths))):
+                    try:
+                        arrays.append(self.preprocess(paths[i]))
+                        rows.append(i)
+                    except ImageReadError as err:
+                        failed[str(paths[i])] = f"{err.reason}: {err.detail}"
+                    except (OSError, ValueError, RuntimeError) as err:
+                        failed[str(paths[i])] = f"unreadable: {type(err).__name__}: {err}"
+                if arrays:
+                    probs[rows] = self.predict_arrays(np.stack(arrays))
+                bar.update(min(self.batch_size, len(paths) - start))
+        return probs, failed
+
     def predict_images(self, paths: Iterable[_PathLike] | _PathLike,
                        progress: bool = False) -> PredictionResult:
         """Predict files and folders (expanded by :func:`list_images`), in batches.

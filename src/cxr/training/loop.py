@@ -172,6 +172,13 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         bad_epochs = int(state["bad_epochs"])
         if info.is_main:
             echo(f"resuming {run_dir} at epoch {start + 1} of {config.epochs}")
+        saved_threads = int(state.get("cpu_threads", 0))
+        if info.device.type == "cpu" and saved_threads and saved_threads != torch.get_num_threads():
+            # CPU kernels sum in an order that depends on the thread count: use the run's own
+            # so that the resumed run ends exactly where an uninterrupted one would.
+            torch.set_num_threads(saved_threads)
+            if info.is_main:
+                echo(f"using {saved_threads} CPU threads, as the run did before")
     writer = _tensorboard(run_dir) if info.is_main else None
     epoch = start
     while epoch < config.epochs:
@@ -199,7 +206,8 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
             _save_epoch(run_dir, engine, row, history, improved, train_c.fit,
                         dict(next_epoch=config.epochs if stop else next_epoch, best_auc=best_auc,
                              best_epoch=best_epoch, bad_epochs=bad_epochs,
-                             world_size=info.world_size), writer)
+                             world_size=info.world_size, cpu_threads=torch.get_num_threads()),
+                        writer)
             echo(_epoch_line(row, config.epochs, best_auc))
         for cb in callbacks:
             cb("epoch", row)
