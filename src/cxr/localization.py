@@ -343,7 +343,7 @@ class LocalizationReport:
         iou = (f"IoU at the {s.get('quantile')} quantile" if s.get("quantile") is not None
                else f"IoU at {s.get('threshold', 0.5):g} x max")
         head = f"{'label':<16}{'n':>5}{'pointing game':>15}"
-        head += f"{f'within {tol:g} px':>15}" if tol > 0 else ""
+        head += f"{f'within {tol:.1f} px':>17}" if tol > 0 else ""
         lines = [(f"Localisation ({s.get('method', '?')}) on {s.get('source_kind', '?')} "
                   f"{s.get('source', '')}: pointing game (peak inside the finding), median "
                   f"peak-to-finding distance (pixels of the image) and {iou}"),
@@ -353,7 +353,7 @@ class LocalizationReport:
                 return "-" if d["n"] == 0 else format(d[key], fmt)
 
             row = f"{label:<16}{int(d['n']):>5}{num('pointing_game'):>15}"
-            row += f"{num('pointing_game_tolerant'):>15}" if tol > 0 else ""
+            row += f"{num('pointing_game_tolerant'):>17}" if tol > 0 else ""
             lines.append(row + f"{num('median_distance', '.1f'):>13}{num('mean_iou'):>10}")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} unreadable image(s):")
@@ -372,7 +372,9 @@ class LocalizationReport:
         return {"json": js, "csv": csv}
 
 
-def _find_boxes(source: Path) -> Path | None:
+def find_nih_boxes(source: Path) -> Path | None:
+    """NIH's ``BBox_List_2017.csv(.gz)`` in ``source``, its parent or their
+    ``nih14-metadata`` folders; None when there is none."""
     for folder in (source, source.parent, source / "nih14-metadata",
                    source.parent / "nih14-metadata"):
         for name in _BOX_FILES:
@@ -472,7 +474,7 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
         kind, items = "phantoms", _phantom_items(source, wanted)
         truth = str(source / "masks")
     else:
-        box_file = Path(boxes) if boxes is not None else _find_boxes(source)
+        box_file = Path(boxes) if boxes is not None else find_nih_boxes(source)
         if box_file is None:
             raise ValueError(f"{source} is not a phantom folder (no labels.csv + masks/) and no "
                              "BBox_List_2017.csv.gz was found near it; pass --boxes/boxes=")
