@@ -166,3 +166,9 @@ def test_overlay_and_png(tmp_path):
         assert png.format == "PNG" and png.size[0] > 2 * png.size[1] * 0.8
     with pytest.raises(ValueError, match="uint8"):
         save_explanation_png(tmp_path / "y.png", img.astype(float), e)
+
+
+def test_cli_knows_the_same_methods():
+    from cxr import cli_predict, explain
+
+    assert cli_predict.CAM_METHODS == explain.CAM_METHODS

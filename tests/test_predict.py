@@ -156,6 +156,23 @@ def test_png_matches_the_cache_row_of_the_same_image(model_file, images, tmp_pat
     with torch.no_grad():
         by_hand = torch.sigmoid(load_model(model_file).model(x)).numpy()
     np.testing.assert_allclose(result.probs[:1], by_hand, atol=1e-6)
+    # the whole cache, read ahead in batches smaller than it: the same rows
+    np.testing.assert_allclose(Predictor(model_file, batch_size=1).predict_cache(cache),
+                               from_cache, atol=1e-6)
+
+
+def test_precision_and_memory_format_options(model_file, images):
+    pixels = Predictor(model_file).preprocess(images["png"])[None]
+    reference = Predictor(model_file, channels_last=False, precision="fp32").predict_arrays(pixels)
+    auto = Predictor(model_file)  # CPU: fp32, channels-last
+    assert auto.precision == "fp32" and auto.channels_last
+    np.testing.assert_allclose(auto.predict_arrays(pixels), reference, atol=1e-5)
+    bf16 = Predictor(model_file, precision="bf16").predict_arrays(pixels)
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, reference, atol=0.05)  # bf16 keeps ~3 significant digits
+    assert not np.array_equal(bf16, reference)  # it did run in bf16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Predictor(model_file, precision="int8")
 
 
 def test_dicom_monochrome1_and_2_match_the_png(model_file, images):

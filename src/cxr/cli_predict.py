@@ -21,12 +21,13 @@ from pathlib import Path
 from cxr import RESEARCH_NOTICE
 
 EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
+#: = :data:`cxr.explain.CAM_METHODS` (a test checks), here so that ``cxr --help`` does not
+#: import torch.
+CAM_METHODS = ("gradcam", "gradcam++")
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``predict`` and ``localize`` (each with ``set_defaults(func=...)``)."""
-    from cxr.explain import CAM_METHODS
-
     p = subparsers.add_parser(
         "predict", help="label probabilities (and Grad-CAM heatmaps) for image files",
         description="Predict every label for PNG, JPEG or DICOM images, preprocessed as in training "
@@ -50,6 +51,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="test-time augmentation: mean over original, mirror and 4 small shifts")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="forward-pass precision; auto = bf16 on a GPU, fp32 on the CPU "
+                        "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_predict)
 
@@ -122,7 +126,7 @@ def run_predict(args: argparse.Namespace) -> int:
         return _error("predict", f"--batch-size must be 1 or more, got {args.batch_size}")
     try:
         predictor = Predictor(args.model, device=args.device, tta=args.tta,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, precision=args.precision)
     except (ModelFileError, ValueError, TypeError, RuntimeError) as err:
         return _error("predict", err)
     labels = _names(args.explain_labels)

@@ -57,6 +57,10 @@ TTA_SHIFT = 0.03
 _PathLike = str | os.PathLike[str]
 
 
+#: Forward-pass precisions of :class:`Predictor`.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
+
 def resolve_model(model: LoadedModel | _PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """A :class:`LoadedModel` from a model file path (loaded, verified) or as given."""
     if isinstance(model, LoadedModel):
@@ -297,15 +301,27 @@ class Predictor:
         device: torch device for the model.
         tta: average over the six test-time views (see the module docstring).
         batch_size: images per forward pass (each of the six TTA views is one pass).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass;
+            ``"auto"`` = bf16 on a GPU, fp32 on the CPU. Probabilities are float32 either way.
+        channels_last: run the model in channels-last memory format (faster on GPUs and,
+            measured, on the CPU too; the same numbers up to rounding).
     """
 
     def __init__(self, model: LoadedModel | _PathLike, device: str | torch.device = "cpu",
-                 tta: bool = False, batch_size: int = 32) -> None:
+                 tta: bool = False, batch_size: int = 32, precision: str = "auto",
+                 channels_last: bool = True) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.loaded = resolve_model(model, device)
         self.device = torch.device(device)
+        self.precision = (("bf16" if self.device.type == "cuda" else "fp32")
+                          if precision == "auto" else precision)
+        self.channels_last = bool(channels_last)
         self.model = self.loaded.model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.spec = self.loaded.spec
         self.labels = self.spec.labels
         self.thresholds = dict(self.loaded.thresholds)
@@ -317,6 +333,7 @@ class Predictor:
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.loaded.path), "backbone": self.spec.backbone,
                 "input_size": self.size, "fit": self.fit, "tta": self.tta,
+                "precision": self.precision,
                 "tta_views": ("original, mirror, shifts of "
                               f"{max(1, round(TTA_SHIFT * self.size))} px right/left/down/up"
                               if self.tta else "original only")}
@@ -336,17 +353,24 @@ class Predictor:
                 f"images must be uint8 (B, {self.size}, {self.size}) preprocessed pixels "
                 f"(load_for_cache(path, {self.size}, {self.fit!r}) or a cache of that size), "
                 f"got {images.dtype} {images.shape}")
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(images), self.batch_size):
-                chunk = np.ascontiguousarray(images[start : start + self.batch_size])
-                x = torch.from_numpy(chunk).to(self.device).unsqueeze(1).float().div(255.0)
-                views = tta_views(x) if self.tta else [x]
-                probs = torch.stack([torch.sigmoid(self.model(v)) for v in views]).mean(dim=0)
-                out.append(probs.float().cpu().numpy())
+        out = [self.probabilities(torch.from_numpy(np.ascontiguousarray(
+            images[start : start + self.batch_size]))) for start in range(0, len(images), self.batch_size)]
         if not out:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32)
+        return torch.cat(out).cpu().numpy()
+
+    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """float32 (B, L) probabilities, on the model's device, of uint8 pixels (B, S, S)
+        (on any device; copied without waiting when pinned)."""
+        x = pixels.to(self.device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        views = tta_views(x) if self.tta else [x]
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype,
+                                                    enabled=dtype is not None):
+            probs = [torch.sigmoid(self.model(v).float()) for v in views]
+        return (probs[0] if len(probs) == 1 else torch.stack(probs).mean(dim=0)).float()
 
     def predict_cache(self, cache: Any, progress: bool = False) -> np.ndarray:
         """Probabilities float32 (N, L) of every image of a prepared cache (a
@@ -365,14 +389,19 @@ class Predictor:
             raise ValueError(f"the cache {cache.path} was prepared with --fit {cache.fit} but the "
                              f"model was trained on --fit {self.fit}; prepare it again with "
                              f"--fit {self.fit}")
+        from cxr.training.loader import CacheBatches
+
+        # read ahead in a thread into pinned memory; the probabilities stay on the device
+        # until the end, so nothing waits for the GPU between batches
+        batches = CacheBatches(cache, self.batch_size, shuffle=False,
+                               pin_memory=self.device.type == "cuda", prefetch=2)
         out = []
         with tqdm(total=len(cache), unit="img", desc="predict", disable=not progress,
                   dynamic_ncols=True) as bar:
-            for start in range(0, len(cache), self.batch_size):
-                index = np.arange(start, min(start + self.batch_size, len(cache)))
-                out.append(self.predict_arrays(cache.read(index)))
-                bar.update(len(index))
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+            for pixels, _ in batches:
+                out.append(self.probabilities(pixels))
+                bar.update(len(pixels))
+        return torch.cat(out).cpu().numpy()
 
     def predict_paths(self, paths: Sequence[_PathLike],
                       progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:

@@ -7,8 +7,22 @@ Example::
     print(result.best_auc, result.best_model)
 """
 
-from cxr.training.config import AugmentConfig, ConfigError, TrainConfig
-from cxr.training.loop import TrainError, TrainResult, resume, run_summary, train
+from typing import TYPE_CHECKING
+
+from cxr.training.config import AugmentConfig, ConfigError, TrainConfig, TrainError
+
+if TYPE_CHECKING:
+    from cxr.training.loop import TrainResult, resume, run_summary, train
+
+
+def __getattr__(name: str):
+    # the loop imports torch: loaded on first use, so that `cxr --help` and the settings
+    # (TrainConfig) stay quick to import
+    if name in ("TrainResult", "resume", "run_summary", "train"):
+        from cxr.training import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'cxr.training' has no attribute {name!r}")
 
 __all__ = ["AugmentConfig", "ConfigError", "TrainConfig", "TrainError", "TrainResult",
            "resume", "run_summary", "train"]

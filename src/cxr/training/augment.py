@@ -56,12 +56,18 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig,
     if not config.enabled:
         return images
     b = images.shape[0]
-    theta = random_affine(b, config, generator).to(images.device, images.dtype)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    theta = random_affine(b, config, generator)
     gain = 1.0 + config.contrast * (2.0 * torch.rand(b, generator=generator) - 1.0)
     bias = config.brightness * (2.0 * torch.rand(b, generator=generator) - 1.0)
-    gain = gain.to(images.device, images.dtype).view(b, 1, 1, 1)
-    bias = bias.to(images.device, images.dtype).view(b, 1, 1, 1)
+    # drawn on the CPU (the same choices on any device), sent in one copy; from pinned
+    # memory that copy does not wait for the GPU's queued work, a pageable one would
+    params = torch.cat([theta.reshape(b, 6), gain[:, None], bias[:, None]], dim=1)
+    if images.is_cuda:
+        params = params.pin_memory()
+    params = params.to(images.device, images.dtype, non_blocking=True)
+    theta = params[:, :6].view(b, 2, 3)
+    gain, bias = params[:, 6].view(b, 1, 1, 1), params[:, 7].view(b, 1, 1, 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mean = out.mean(dim=(2, 3), keepdim=True)
     return ((out - mean) * gain + mean + bias).clamp_(0.0, 1.0)

@@ -27,6 +27,11 @@ class ConfigError(ValueError):
     """A setting is out of range or unknown; the message names it."""
 
 
+
+class TrainError(RuntimeError):
+    """The run cannot start or continue; the message says why and what to do."""
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Per-batch augmentation, done on the training device (GPU or CPU tensors).

@@ -33,15 +33,11 @@ import torch
 from cxr import __version__
 from cxr.cache import PreparedCache
 from cxr.training import distributed as dd
-from cxr.training.config import TrainConfig
+from cxr.training.config import TrainConfig, TrainError
 from cxr.training.engine import Engine, EpochStats
 from cxr.training.loader import CacheBatches
 
 STATE_VERSION = 1
-
-
-class TrainError(RuntimeError):
-    """The run cannot start or continue; the message says why and what to do."""
 
 
 @dataclass
