@@ -8,7 +8,7 @@ Each measurement runs in a fresh Python process, which reports its own peak resi
 (VmHWM) and, for prepare, the largest peak of its worker processes (RUSAGE_CHILDREN):
 
   prepare : the 24 NIH originals of ../shared/datasets/nih14-fullres (1024x1024 PNG)
-            listed R times, at 224 px, twice (R = 10 and 40: 240 and 960 images) to show
+            listed R times, at 224 px, three times (R = 10, 40, 100: 240 to 2,400 images) to show
             whether the peak grows with the number of images;
   training: `cxr.training.train` of DenseNet-121 at 224 px, batch 16, fp32 on the CPU, one
             epoch over a cache of --train-images images (the cache is memory-mapped: its
@@ -121,7 +121,7 @@ def main() -> None:
     print("| images | main process peak RSS (MiB) | largest worker peak RSS (MiB) |")
     print("|---|---|---|")
     per_image = None
-    for repeat in (10, 40):
+    for repeat in (10, 40, 100):
         r = _run(_PREPARE, src, tmp / f"prep{repeat}", repeat, args.workers)
         per_image = (r["pixels_bytes"] - 128) / r["images"]
         print(f"| {r['images']} | {r['vm_hwm_kb'] / 1024:.0f} | {r['children_max_rss_kb'] / 1024:.0f} |")

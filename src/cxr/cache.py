@@ -128,17 +128,31 @@ _W: dict = {}
 
 
 def _worker_init(pixels_path: str, paths: list[str], size: int, fit: str) -> None:
-    _W["pixels"] = np.load(pixels_path, mmap_mode="r+")
-    _W.update(paths=paths, size=size, fit=fit)
+    # plain positioned writes, not a writable memory map: mapped pages would count in the
+    # worker's resident memory until the whole cache (GBs at NIH scale) had passed through it
+    with open(pixels_path, "rb") as f:
+        if np.lib.format.read_magic(f) == (1, 0):
+            np.lib.format.read_array_header_1_0(f)
+        else:
+            np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    _worker_close()
+    _W.update(fd=os.open(pixels_path, os.O_WRONLY), offset=offset, paths=paths, size=size, fit=fit)
+
+
+def _worker_close() -> None:
+    if "fd" in _W:
+        os.close(_W.pop("fd"))
 
 
 def _worker_run(indices: list[int]) -> list[tuple[int, str, str]]:
-    """Decode images into the shared mapping; return (index, reason, detail), reason '' = ok."""
+    """Decode images into pixels.npy; return (index, reason, detail), reason '' = ok."""
     out = []
-    pixels = _W["pixels"]
+    fd, offset, frame = _W["fd"], _W["offset"], _W["size"] * _W["size"]
     for i in indices:
         try:
-            pixels[i] = load_for_cache(_W["paths"][i], _W["size"], _W["fit"])
+            image = load_for_cache(_W["paths"][i], _W["size"], _W["fit"])
+            os.pwrite(fd, np.ascontiguousarray(image, dtype=np.uint8).tobytes(), offset + i * frame)
             out.append((i, "", ""))
         except ImageReadError as err:
             out.append((i, err.reason, err.detail))
@@ -375,6 +389,8 @@ def _decode(table, pixels_path, settings, status, reasons, pending, out_dir, wor
         if pool is not None:
             pool.terminate()
             pool.join()
+        else:
+            _worker_close()
         _atomic_save_npy(out_dir / "status.npy", status)
         _write_rejects(out_dir, table, status, reasons)
         bar.close()
