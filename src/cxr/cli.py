@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxr",
         description="Multi-label chest X-ray classification: datasets, decode-once cache, "
-                    f"training, evaluation. {RESEARCH_NOTICE}",
+                    f"training, evaluation, prediction and Grad-CAM explanations. {RESEARCH_NOTICE}",
     )
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -59,7 +59,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``evaluate`` and ``compare`` on a sub-parser set (``set_defaults(func=...)``)."""
     p = subparsers.add_parser(
         "evaluate", help="per-label AUC with CIs, calibration, curves and reports",
-        description="Evaluate predictions against a dataset's labels: per-label AUC with a patient-bootstrap "
+        description="Evaluate a model file (run on SOURCE) or a predictions CSV against a dataset's labels: per-label AUC with a patient-bootstrap "
                     "CI, prevalence, average precision, calibration; operating-point metrics at thresholds "
                     f"chosen on validation data. Writes report.md/.json/.html and PNG figures. {RESEARCH_NOTICE}")
     p.add_argument("source", nargs="?", type=Path,
