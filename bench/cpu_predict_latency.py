@@ -14,6 +14,8 @@ saved to a temporary folder and loaded once; then, with the model already loaded
   forward only          : the preprocessed (size x size) image through the model;
   + Grad-CAM, one label : the forward and backward pass of `cxr.explain.explain`;
   batch throughput      : images/s of `Predictor.predict_arrays` on batches of 32;
+  memory format         : images/s at batch 1 and 32 with channels-last off and on
+                          (Predictor(channels_last=...)), alternated over 3 rounds;
   start-up              : wall time of `cxr --help` and of a whole `cxr predict MODEL IMAGE`
                           in a fresh process (import torch, load and check the model file).
 
@@ -112,6 +114,14 @@ def main() -> None:
                  _times(lambda: explain(predictor.model, image, labels=[spec.labels[0]]), args.repeat)),
         ]
         batch_s = _times(lambda: predictor.predict_arrays(batch), max(3, args.repeat // 6), warmup=1)
+        formats = {}
+        for _ in range(3):
+            for cl in (False, True):
+                p = Predictor(model_file, batch_size=32, channels_last=cl)
+                for b in (1, 32):
+                    runs = max(3, args.repeat // (6 if b > 1 else 3))
+                    t = _times(lambda p=p, b=b: p.predict_arrays(batch[:b]), runs, warmup=1)
+                    formats.setdefault((cl, b), []).append(b / np.median(t))
         exe = shutil.which("cxr") or str(Path(sys.executable).with_name("cxr"))
         help_s = _wall([exe, "--help"], 5)
         full_s = _wall([exe, "predict", str(model_file), str(image_path), "--no-progress"], 5)
@@ -126,6 +136,10 @@ def main() -> None:
         print("\n".join(rows))
         print(f"\nbatch of 32 (preprocessed): {32 / np.median(batch_s):.1f} images/s "
               f"(median of {len(batch_s)} batches)")
+        for b in (1, 32):
+            off, on = (np.median(formats[(cl, b)]) for cl in (False, True))
+            print(f"batch {b}: contiguous {off:.1f} img/s, channels-last {on:.1f} img/s "
+                  f"(median of 3 rounds; x{on / off:.2f})")
         print(f"start-up: `cxr --help` {np.median(help_s):.2f} s; whole `cxr predict MODEL IMAGE` "
               f"{np.median(full_s):.2f} s (median of 5 fresh processes)")
     finally:
