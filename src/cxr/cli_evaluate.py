@@ -107,7 +107,7 @@ def default_source(predictions: Path) -> Path:
     a dataset other than the predictions file itself."""
     from cxr.datasets import DatasetError, detect_format
 
-    folder = predictions.resolve().parent
+    folder = predictions.absolute().parent  # as the user named it (symbolic links kept)
     if (folder / "manifest.json").is_file():
         return folder
     hint = f"pass the dataset with the true labels as SOURCE (no SOURCE given; {predictions}'s folder {folder}"
