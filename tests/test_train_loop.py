@@ -144,3 +144,28 @@ def test_two_processes_with_gloo_train_one_model(phantom_caches_small, tmp_path)
     # each rank took its own half of every epoch: steps per epoch = (n // 2) // 16
     assert state["schedule"]["steps"] == 2 * ((n_train // 2) // 16)
     assert np.isfinite(state["history"][-1]["val_macro_auc"])
+
+
+def test_resume_uses_the_cpu_thread_count_of_the_run(phantom_caches_small, tmp_path):
+    """CPU sums depend on the thread count: a resumed run takes the run's own count."""
+    c = phantom_caches_small
+    config = SMALL.replace(phase1_epochs=0, phase2_epochs=2, ema_decay=0.0)
+
+    def stop_after_first(event, info):
+        if event == "epoch":
+            raise KeyboardInterrupt
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, c["train"], c["val"], tmp_path / "run", progress=False,
+                  echo=lambda s: None, callbacks=[stop_after_first])
+        assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["cpu_threads"] == 1
+        torch.set_num_threads(2)
+        lines: list[str] = []
+        resume(tmp_path / "run", progress=False, echo=lines.append)
+        assert torch.get_num_threads() == 1
+        assert "using 1 CPU threads, as the run did before" in lines
+    finally:
+        torch.set_num_threads(before)

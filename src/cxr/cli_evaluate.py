@@ -173,20 +173,15 @@ def predict_source(args: argparse.Namespace, table: LabelTable):
     else:
         probs, failed = predictor.predict_paths(table.paths, progress=not args.no_progress)
         if failed:
-            first = next(iter(failed.items()))
+            i, (reason, detail) = next(iter(failed.items()))
             notes = (f"{len(failed)} image(s) could not be read and have no predictions "
-                     f"(e.g. {first[0]}: {first[1]})",)
+                     f"(e.g. {table.paths[i]}: {reason}: {detail})",)
             if not args.allow_missing:
                 raise EvaluateCLIError(f"{notes[0]}; fix or remove them, or pass --allow-missing to "
                                        "evaluate the others")
     preds = Predictions(images=table.paths, probs=probs, pathologies=predictor.labels,
                         source=f"model {args.model}", notes=notes)
-    stored = predictor.thresholds
-    thresholds = None
-    if stored:
-        thresholds = Thresholds(stored, method="youden",
-                                source=f"the validation data of {args.model} (stored in the model file)")
-    return preds, thresholds
+    return preds, predictor.stored_thresholds()
 
 
 # commands -----------------------------------------------------------------------------

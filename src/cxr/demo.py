@@ -153,7 +153,6 @@ def _evaluate(model: Path, test_cache: Path, out: Path, device: str, written: di
     from cxr.predict import Predictor
     from cxr.predictions import write_predictions
     from cxr.report import write_report
-    from cxr.thresholds import Thresholds
 
     echo(f"[5/7] evaluating {model.name} on the test split into {out / 'report'}")
     predictor = Predictor(model, device=_device(device), batch_size=128)
@@ -161,10 +160,8 @@ def _evaluate(model: Path, test_cache: Path, out: Path, device: str, written: di
     probs = predictor.predict_cache(cache)
     table = cache.table
     index = [table.pathologies.index(n) for n in predictor.labels]
-    thresholds = Thresholds(predictor.thresholds, method="youden",
-                            source=f"the validation data of {model} (stored in the model file)")
     report = evaluate(table.labels[:, index], probs, predictor.labels, table.patient_ids,
-                      thresholds=thresholds,
+                      thresholds=predictor.stored_thresholds(),
                       sources={"labels": str(test_cache), "predictions": f"model {model}"})
     report_files = write_report(report, out / "report")
     report_files["predictions"] = Path(write_predictions(out / "report" / "predictions.csv",

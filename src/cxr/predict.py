@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from cxr.images import (
     load_for_cache,
 )
 from cxr.modelfile import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from cxr.thresholds import Thresholds
 
 __all__ = [
     "TTA_SHIFT",
@@ -403,14 +406,15 @@ class Predictor:
                 bar.update(len(pixels))
         return torch.cat(out).cpu().numpy()
 
-    def predict_paths(self, paths: Sequence[_PathLike],
-                      progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
-        """Probabilities float32 (N, L) of the N files in order (a dataset's image paths);
-        a file that cannot be read gets a row of NaN and an entry path -> reason."""
+    def predict_paths(self, paths: Sequence[_PathLike], progress: bool = False
+                      ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+        """Probabilities float32 (N, L) of the N files in order (e.g. a dataset's image
+        paths), in batches; a file that cannot be read gets a row of NaN and an entry
+        row -> (reason, detail)."""
         from tqdm.auto import tqdm
 
         probs = np.full((len(paths), len(self.labels)), np.nan, dtype=np.float32)
-        failed: dict[str, str] = {}
+        failed: dict[int, tuple[str, str]] = {}
         with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress,
                   dynamic_ncols=True) as bar:
             for start in range(0, len(paths), self.batch_size):
@@ -420,9 +424,9 @@ class Predictor:
                         arrays.append(self.preprocess(paths[i]))
                         rows.append(i)
                     except ImageReadError as err:
-                        failed[str(paths[i])] = f"{err.reason}: {err.detail}"
+                        failed[i] = (err.reason, err.detail)
                     except (OSError, ValueError, RuntimeError) as err:
-                        failed[str(paths[i])] = f"unreadable: {type(err).__name__}: {err}"
+                        failed[i] = ("unreadable", f"{type(err).__name__}: {err}")
                 if arrays:
                     probs[rows] = self.predict_arrays(np.stack(arrays))
                 bar.update(min(self.batch_size, len(paths) - start))
@@ -434,37 +438,26 @@ class Predictor:
 
         Files that cannot be decoded are skipped with their reason; the result lists them.
         """
-        from tqdm.auto import tqdm
-
         ignored: list[Path] = []
         files = list_images(paths, ignored)
         result = PredictionResult(self.labels, self.thresholds, model=self.describe())
         if ignored:
             result.notes.append(f"{len(ignored)} non-image file(s) in the folders were ignored "
                                 f"(e.g. {ignored[0]})")
-        items: list[ImagePrediction | None] = [None] * len(files)
-        bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress,
-                   dynamic_ncols=True)
-        try:
-            for start in range(0, len(files), self.batch_size):
-                batch: list[tuple[int, np.ndarray]] = []
-                for i in range(start, min(start + self.batch_size, len(files))):
-                    try:
-                        batch.append((i, self.preprocess(files[i])))
-                    except ImageReadError as err:
-                        items[i] = ImagePrediction(str(files[i]), None, err.reason, err.detail)
-                    except (OSError, ValueError, RuntimeError) as err:
-                        items[i] = ImagePrediction(str(files[i]), None, "unreadable",
-                                                   f"{type(err).__name__}: {err}")
-                if batch:
-                    probs = self.predict_arrays(np.stack([a for _, a in batch]))
-                    for (i, _), p in zip(batch, probs):
-                        items[i] = ImagePrediction(str(files[i]), p)
-                bar.update(min(self.batch_size, len(files) - start))
-        finally:
-            bar.close()
-        result.items = [it for it in items if it is not None]
+        probs, failed = self.predict_paths(files, progress)
+        result.items = [ImagePrediction(str(f), None, *failed[i]) if i in failed
+                        else ImagePrediction(str(f), probs[i]) for i, f in enumerate(files)]
         return result
+
+    def stored_thresholds(self) -> Thresholds | None:
+        """The model file's thresholds as a :class:`~cxr.thresholds.Thresholds` record
+        (chosen on validation data by ``cxr train``, Youden's J), or None if it has none."""
+        from cxr.thresholds import Thresholds
+
+        if not self.thresholds:
+            return None
+        return Thresholds(self.thresholds, method="youden",
+                          source=f"the validation data of {self.loaded.path} (stored in the model file)")
 
 
 def predict_images(model: LoadedModel | _PathLike, paths: Sequence[_PathLike], *,
