@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 from gpu_train_throughput import (  # bench/ is on sys.path when this file is run as a script
     TARGET,
+    base_parser,
     free_memory,
     machine,
     markdown,
@@ -127,24 +127,10 @@ def measure(results: list[dict], mode: str, name: str, ceiling: float,
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default="densenet121")
-    for flag, default in (("--size", 224), ("--batch-size", 256), ("--n-images", 20000),
-                          ("--phantom-size", 1024), ("--steps", 50), ("--warmup", 10),
-                          ("--repeats", 2)):
-        ap.add_argument(flag, type=int, default=default)
-    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16")
-    ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--compile", nargs="?", const="on", default="off", choices=("off", "on", "both"))
+    ap = base_parser(__doc__, counts=(("--repeats", 2),))
     ap.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                     help="torch.backends.cudnn.benchmark for every measurement (cxr's "
                          "predict path leaves it at torch's default, off)")
-    ap.add_argument("--unique", type=int, default=1000, help="distinct phantoms (0 = all)")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--prepare-workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/cxr-bench"))
-    ap.add_argument("--out", type=Path, default=None, help="JSON file (default WORK_DIR/...)")
     return ap.parse_args(argv)
 
 

@@ -253,27 +253,34 @@ def naive_rate(config: TrainConfig, table: LabelTable, size: int, device: torch.
 
 
 # main ---------------------------------------------------------------------------------------
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__,
+def base_parser(doc: str, counts: tuple[tuple[str, int], ...] = ()) -> argparse.ArgumentParser:
+    """The options both GPU benchmarks take (model, sizes, precision, data, output);
+    ``counts`` adds integer options of one script."""
+    ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="densenet121")
     for flag, default in (("--size", 224), ("--batch-size", 256), ("--n-images", 20000),
-                          ("--phantom-size", 1024), ("--steps", 50), ("--warmup", 10)):
+                          ("--phantom-size", 1024), ("--steps", 50), ("--warmup", 10), *counts):
         ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", nargs="?", const="on", default="off", choices=("off", "on", "both"))
+    ap.add_argument("--unique", type=int, default=1000, help="distinct phantoms (0 = all)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--prepare-workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/cxr-bench"))
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default WORK_DIR/...)")
+    return ap
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = base_parser(__doc__)
     ap.add_argument("--augment", choices=("on", "off", "both"), default="both",
                     help="the cxr pipeline with cxr's default augmentation, without, or both")
     ap.add_argument("--deterministic", action="store_true",
                     help="cuDNN deterministic (TrainConfig's default) instead of cudnn.benchmark")
     ap.add_argument("--loader-threads", type=int, default=1, help="TrainConfig.loader_threads")
-    ap.add_argument("--unique", type=int, default=1000, help="distinct phantoms (0 = all)")
-    ap.add_argument("--device", default="cuda")
     ap.add_argument("--workers", type=int, default=16, help="naive DataLoader processes")
-    ap.add_argument("--prepare-workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/cxr-bench"))
-    ap.add_argument("--out", type=Path, default=None, help="JSON file (default WORK_DIR/...)")
     return ap.parse_args(argv)
 
 

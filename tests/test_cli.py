@@ -92,3 +92,13 @@ def test_console_script_help_runs():
     out = subprocess.run([sys.executable, "-m", "cxr.cli", "prepare", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--size" in out and "--strict" in out and "resum" in out.lower()
+
+
+def test_building_the_parser_does_not_import_torch():
+    """`cxr --help` and argument errors stay quick: torch is imported by the commands only."""
+    import subprocess
+    import sys
+
+    code = "import sys, cxr.cli; cxr.cli.build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

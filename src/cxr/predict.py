@@ -40,6 +40,7 @@ from cxr.images import (
     load_for_cache,
 )
 from cxr.modelfile import LoadedModel, load_model
+from cxr.models import to_model_input
 
 if TYPE_CHECKING:
     from cxr.thresholds import Thresholds
@@ -365,9 +366,7 @@ class Predictor:
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
         """float32 (B, L) probabilities, on the model's device, of uint8 pixels (B, S, S)
         (on any device; copied without waiting when pinned)."""
-        x = pixels.to(self.device, non_blocking=True).unsqueeze(1).float().div_(255.0)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_model_input(pixels, self.device, self.channels_last)
         views = tta_views(x) if self.tta else [x]
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype,

@@ -12,6 +12,7 @@ from cxr.models.classifier import (
     build_model,
     freeze_backbone,
     parameter_groups,
+    to_model_input,
     unfreeze_backbone,
 )
 from cxr.models.pretrained import (
@@ -52,6 +53,7 @@ __all__ = [
     "list_backbones",
     "load_pretrained",
     "parameter_groups",
+    "to_model_input",
     "register_backbone",
     "unfreeze_backbone",
 ]

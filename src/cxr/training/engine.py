@@ -24,6 +24,7 @@ from cxr.models import (
     build_model,
     freeze_backbone,
     parameter_groups,
+    to_model_input,
     unfreeze_backbone,
 )
 from cxr.training import distributed as dd
@@ -45,12 +46,6 @@ class EpochStats:
     images_per_second: float
     seconds: float
     images: int
-
-
-def to_model_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 (B, S, S) cache pixels -> float (B, 1, S, S) in [0, 1] on ``device``."""
-    x = images.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 class Engine:
@@ -189,9 +184,9 @@ class Engine:
         for pixels, _ in batches:
             x = to_model_input(pixels, self.device, self.config.channels_last)
             with self._autocast():
-                chunks.append(model(x).float().cpu())
+                chunks.append(model(x).float())  # kept on the device: no wait per batch
         model.train(was_training)
-        logits = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+        logits = torch.cat(chunks).cpu().numpy() if chunks else np.zeros((0, 0), np.float32)
         logits = dd.gather_shards(self.info, logits, len(batches.cache))
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         loss = float("nan")
