@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from cxr import metrics
+from cxr.evaluation import significance as metrics
 
 
 def main() -> None:

@@ -90,16 +90,16 @@ def main() -> None:
 
     import cxr
     from cxr.explain import explain
+    from cxr.inference import Predictor
     from cxr.modelfile import save_model
-    from cxr.models import ModelSpec, build_model
-    from cxr.predict import Predictor
+    from cxr.models import ModelSpec, Preprocessing, build_model
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
     try:
         image_path = _image(args.image, tmp)
         torch.manual_seed(0)
-        spec = ModelSpec(labels=cxr.NIH14_LABELS, backbone=args.backbone, input_size=args.size)
+        spec = ModelSpec(labels=cxr.NIH14_LABELS, backbone=args.backbone, preprocessing=Preprocessing(size=args.size))
         model_file = save_model(tmp / "model.safetensors", build_model(spec))
         predictor = Predictor(model_file, batch_size=32)
         image = predictor.preprocess(image_path)

@@ -1,4 +1,4 @@
-"""Inference images/s of cxr.predict.Predictor.predict_cache against the model-only ceiling (issue 6).
+"""Inference images/s of cxr.inference.Predictor.predict_cache against the model-only ceiling (issue 6).
 
 Usage (from the repository root; the full settings are for an H100):
     python bench/gpu_inference_throughput.py --backbone densenet121 --size 224 \
@@ -52,10 +52,10 @@ from gpu_train_throughput import (  # bench/ is on sys.path when this file is ru
 )
 
 from cxr.cache import PreparedCache
+from cxr.devices import resolve_device
+from cxr.inference import Predictor
 from cxr.modelfile import load_model, save_model
-from cxr.models import ModelSpec, build_model
-from cxr.predict import Predictor
-from cxr.training import distributed as dd
+from cxr.models import ModelSpec, Preprocessing, build_model
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -136,14 +136,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    device = dd.pick_device(args.device)
+    device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     _, cache = phantom_cache(args.work_dir, args.n_images, args.unique, args.phantom_size,
                              args.size, args.prepare_workers)
     model_file = args.work_dir / f"model-{args.backbone}-{args.size}px.safetensors"
     torch.manual_seed(0)
     spec = ModelSpec(labels=tuple(cache.table.pathologies), backbone=args.backbone,
-                     input_size=args.size)
+                     preprocessing=Preprocessing(size=args.size))
     save_model(model_file, build_model(spec), training={"fit": cache.fit})
     print("cache read only ...", flush=True)
     results = [{"compile": "-", "measure": "cache read only (no model)",

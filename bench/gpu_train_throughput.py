@@ -48,7 +48,7 @@ from PIL import Image
 
 from cxr.cache import PreparedCache, prepare
 from cxr.losses import build_loss
-from cxr.models import ModelSpec, build_model, parameter_groups
+from cxr.models import ModelSpec, Preprocessing, build_model, parameter_groups
 from cxr.synth import SynthConfig, generate_phantoms, table_from_dir
 from cxr.table import LabelTable
 from cxr.training import distributed as dd
@@ -139,7 +139,8 @@ class Step:
 
     def __init__(self, config: TrainConfig, names: tuple[str, ...], size: int,
                  train_labels: np.ndarray, device: torch.device):
-        spec = ModelSpec(labels=tuple(names), backbone=config.backbone, input_size=size)
+        spec = ModelSpec(labels=tuple(names), backbone=config.backbone,
+                         preprocessing=Preprocessing(size=size))
         self.model = build_model(spec).to(device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         shape = f"{im.size[0]}x{im.size[1]} {im.mode}"
     _raw_decode(files)  # warm the page cache
     import PIL
+
     import cxr
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "

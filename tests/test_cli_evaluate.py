@@ -11,9 +11,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxr import RESEARCH_NOTICE
-from cxr.cli_evaluate import EvaluateCLIError, add_parsers, default_source
-from cxr.predictions import read_predictions, write_predictions
+from cxr.cli._common import CLIError
+from cxr.cli.evaluate import add_parsers
+from cxr.evaluation.pipeline import EvaluationError, default_source
+from cxr.evaluation.predictions import read_predictions, write_predictions
 from cxr.table import LabelTable
+
+EvaluateCLIError = (CLIError, EvaluationError)  # what cxr evaluate reports in one line
 
 NAMES = ("Atelectasis", "Effusion", "Mass")
 
@@ -71,7 +75,7 @@ def test_evaluate_with_validation_thresholds(tmp_path, capsys):
     code = run(["evaluate", str(test_csv), "--predictions", str(test_preds), "--thresholds-from", str(val_preds),
                 "--val-source", str(val_csv), "--out", str(out_dir), "--bootstrap", "50"])
     assert code == 0
-    from cxr.thresholds import Thresholds, choose_thresholds
+    from cxr.evaluation.thresholds import Thresholds, choose_thresholds
 
     saved = Thresholds.load(out_dir / "thresholds.json")
     assert dict(saved) == pytest.approx(dict(choose_thresholds(val_labels, val_probs, NAMES)), abs=1e-8)
@@ -165,8 +169,8 @@ def test_model_file_on_a_cache_and_on_its_images(trained_phantom_model, phantom_
     """``--model``: run a model file on a prepared cache, or on a dataset's images decoded as
     in training; both give the same probabilities, and the model's stored thresholds (chosen on
     validation) give the operating points."""
+    from cxr.evaluation.predictions import read_predictions
     from cxr.modelfile import load_model
-    from cxr.predictions import read_predictions
 
     model = trained_phantom_model.best_model
     cache = phantom_caches_64["test"]

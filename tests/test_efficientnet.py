@@ -13,7 +13,6 @@ from cxr.models.efficientnet import (
 from cxr.models.pretrained import find_pretrained, read_state_dict
 
 
-
 @pytest.mark.parametrize("size, stride, kernel", [(8, 2, 3), (9, 2, 3), (7, 1, 5), (10, 2, 5)])
 def test_same_padding_matches_tensorflow(size, stride, kernel):
     conv = SamePadConv2d(2, 3, kernel, stride=stride)

@@ -1,4 +1,4 @@
-"""cxr.evaluate: every reported metric against scikit-learn or a hand computation."""
+"""cxr.evaluation.scoring: every reported metric against scikit-learn or a hand computation."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from cxr import RESEARCH_NOTICE
-from cxr.evaluate import compare, evaluate, evaluate_with_validation
-from cxr.metrics import delong_test
-from cxr.thresholds import Thresholds, choose_thresholds
+from cxr.evaluation import compare, evaluate, evaluate_with_validation
+from cxr.evaluation.significance import delong_test
+from cxr.evaluation.thresholds import Thresholds, choose_thresholds
 
 NAMES = ["A", "B", "C", "D"]
 
@@ -167,7 +167,7 @@ def test_compare_delong_and_bootstrap():
 def test_peer_predictions_reproduce_the_readme(shared_datasets):
     """nih14-sample: per-label AUCs equal sklearn's and the macro AUC rounds to 0.773."""
     from cxr.datasets import load_dataset
-    from cxr.predictions import align, read_predictions
+    from cxr.evaluation.predictions import align, read_predictions
 
     folder = shared_datasets / "nih14-sample"
     y, p, patients, rep = align(load_dataset(folder), read_predictions(folder / "peer_predictions.csv"))

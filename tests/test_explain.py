@@ -19,14 +19,20 @@ from cxr.explain import (
     overlay,
     save_explanation_png,
 )
-from cxr.models import ModelSpec, build_model, freeze_backbone, list_backbones
+from cxr.models import (
+    ModelSpec,
+    Preprocessing,
+    build_model,
+    freeze_backbone,
+    list_backbones,
+)
 
 LABELS = ("Cardiomegaly", "Effusion", "Mass")
 
 
 def make_model(backbone: str = "cxr-small-cnn", size: int = 64, seed: int = 0):
     torch.manual_seed(seed)
-    return build_model(ModelSpec(labels=LABELS, backbone=backbone, input_size=size)).eval()
+    return build_model(ModelSpec(labels=LABELS, backbone=backbone, preprocessing=Preprocessing(size=size))).eval()
 
 
 def image(size: int = 64, seed: int = 1) -> np.ndarray:
@@ -169,6 +175,7 @@ def test_overlay_and_png(tmp_path):
 
 
 def test_cli_knows_the_same_methods():
-    from cxr import cli_predict, explain
+    from cxr import explain
+    from cxr.cli import predict as cli_predict
 
     assert cli_predict.CAM_METHODS == explain.CAM_METHODS

@@ -22,8 +22,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from cxr.choices import FIT_MODES
 from cxr.images import (
-    FIT_MODES,
     IMAGE_SUFFIXES,
     ImageReadError,
     fit_square,

@@ -1,7 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
-from test_split import make, synthetic  # small table builders shared with the split tests
+from test_split import (  # small table builders shared with the split tests
+    make,
+    synthetic,
+)
 
 from cxr.leakage import LeakageReport, find_leakage
 from cxr.split import split_by_patient, split_tables

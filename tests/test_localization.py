@@ -1,17 +1,17 @@
-"""Localisation checks (cxr.localization): pointing game, IoU, masks, NIH boxes, and a
+"""Localisation checks (cxr.evaluation.localization): pointing game, IoU, masks, NIH boxes, and a
 model trained on phantoms whose Grad-CAM points at the planted findings."""
 
 from __future__ import annotations
 
-import argparse
 import gzip
 
 import numpy as np
 import pytest
 import torch
 
-from cxr import RESEARCH_NOTICE, cli_predict
-from cxr.localization import (
+from cxr import RESEARCH_NOTICE
+from cxr.cli import main
+from cxr.evaluation.localization import (
     box_mask,
     heatmap_iou,
     heatmap_peak,
@@ -21,7 +21,6 @@ from cxr.localization import (
     pointing_game,
     read_nih_boxes,
 )
-
 
 
 # pointing game and IoU, by hand -------------------------------------------------------------
@@ -148,7 +147,7 @@ def test_read_the_real_nih_boxes(shared_datasets):
 def test_localization_report_on_the_nih_sample(shared_datasets, tmp_path):
     """Plumbing on real images and boxes (an untrained model: only counts are checked)."""
     from cxr.modelfile import save_model
-    from cxr.models import ModelSpec, build_model
+    from cxr.models import ModelSpec, Preprocessing, build_model
 
     sample = shared_datasets / "nih14-sample"
     boxes = read_nih_boxes(shared_datasets / "nih14-metadata" / "BBox_List_2017.csv.gz")
@@ -157,7 +156,8 @@ def test_localization_report_on_the_nih_sample(shared_datasets, tmp_path):
     assert len(pairs["image"].unique()) == 9  # as the datasets README says
     labels = sorted(set(pairs["label"]))
     torch.manual_seed(0)
-    model = build_model(ModelSpec(labels=tuple(labels), backbone="cxr-small-cnn", input_size=64))
+    model = build_model(ModelSpec(labels=tuple(labels), backbone="cxr-small-cnn",
+                                  preprocessing=Preprocessing(size=64)))
     path = save_model(tmp_path / "nih.safetensors", model)
     report = localization_report(path, sample, boxes=shared_datasets / "nih14-metadata"
                                  / "BBox_List_2017.csv.gz")
@@ -257,20 +257,14 @@ def test_heatmap_of_a_trained_model_changes_with_the_label(trained):
 
 def test_cli_localize(trained, tmp_path, capsys):
     result, held_dir, _ = trained
-    parser = argparse.ArgumentParser(prog="cxr")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli_predict.add_parsers(sub)
-    args = parser.parse_args(["localize", str(result.best_model), str(held_dir), "--labels",
-                              "Mass,Effusion", "--out", str(tmp_path / "loc"), "--no-progress"])
-    assert args.func(args) == 0
+    assert main(["localize", str(result.best_model), str(held_dir), "--labels",
+                              "Mass,Effusion", "--out", str(tmp_path / "loc"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "Mass" in out and "Effusion" in out and "Cardiomegaly" not in out
     assert (tmp_path / "loc" / "localization.json").is_file()
     assert (tmp_path / "loc" / "localization.csv").read_text().startswith("image,label,probability")
-    args = parser.parse_args(["localize", str(result.best_model), str(tmp_path), "--no-progress"])
-    assert args.func(args) == 2  # neither phantoms nor boxes
+    assert main(["localize", str(result.best_model), str(tmp_path), "--no-progress"]) == 2  # neither phantoms nor boxes
     assert "BBox_List_2017" in capsys.readouterr().err
-    args = parser.parse_args(["localize", str(result.best_model), str(held_dir), "--threshold",
-                              "1.5", "--no-progress"])
-    assert args.func(args) == 2
+    assert main(["localize", str(result.best_model), str(held_dir), "--threshold",
+                              "1.5", "--no-progress"]) == 2
     assert "threshold must be a fraction of the maximum in (0, 1]" in capsys.readouterr().err

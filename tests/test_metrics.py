@@ -1,4 +1,4 @@
-"""cxr.metrics against scikit-learn / scipy and hand-worked cases."""
+"""cxr.evaluation.metrics against scikit-learn / scipy and hand-worked cases."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from sklearn.metrics import (
 from sklearn.metrics import precision_recall_curve as sk_pr_curve
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from cxr import metrics as M
+from cxr.evaluation import metrics as M
+from cxr.evaluation import significance as S
 
 
 def _data(n=300, seed=0, ties=True, prevalence=0.2):
@@ -182,7 +183,7 @@ def _naive_bootstrap(y, p, groups, n, seed):
     ids = np.unique(groups.astype(str))
     rows_of = {g: np.flatnonzero(groups.astype(str) == g) for g in ids}
     out = []
-    for draws in M.patient_draws(len(ids), n, seed):
+    for draws in S.patient_draws(len(ids), n, seed):
         for d in draws:
             rows = np.concatenate([rows_of[ids[k]] for k in d])
             out.append(roc_auc_score(y[rows], p[rows]) if 0 < y[rows].sum() < len(rows) else np.nan)
@@ -193,7 +194,7 @@ def test_bootstrap_resamples_patients_like_a_naive_loop():
     rng = np.random.default_rng(9)
     groups = rng.integers(0, 40, 120)  # ~3 images per patient
     y, p = _data(n=120, seed=9)
-    ci = M.bootstrap_auc_ci(y, p, groups, n=200, seed=3)
+    ci = S.bootstrap_auc_ci(y, p, groups, n=200, seed=3)
     naive = _naive_bootstrap(y, p, groups, 200, 3)
     np.testing.assert_allclose(ci.samples, naive[~np.isnan(naive)], atol=1e-12)
     lo, hi = np.quantile(naive[~np.isnan(naive)], [0.025, 0.975])
@@ -204,7 +205,7 @@ def test_bootstrap_resamples_patients_like_a_naive_loop():
 def test_bootstrap_counts_one_class_resamples():
     y = np.array([1, 0, 0, 0])
     p = np.array([0.9, 0.1, 0.2, 0.3])
-    ci = M.bootstrap_auc_ci(y, p, np.array(["a", "b", "c", "d"]), n=300, seed=0)
+    ci = S.bootstrap_auc_ci(y, p, np.array(["a", "b", "c", "d"]), n=300, seed=0)
     naive = _naive_bootstrap(y, p, np.array(["a", "b", "c", "d"]), 300, 0)
     assert ci.n_requested == 300 and ci.n_valid == int((~np.isnan(naive)).sum()) < 300
 
@@ -216,13 +217,13 @@ def test_bootstrap_many_uses_the_same_resamples_and_skips_unknown():
     y2, p2 = _data(n=150, seed=2)
     labels = np.c_[y1, y2].astype(float)
     labels[:10, 1] = np.nan
-    many = M.bootstrap_auc_ci_many(labels, np.c_[p1, p2], groups, n=100, seed=5)
-    np.testing.assert_allclose(many[0].samples, M.bootstrap_auc_ci(y1, p1, groups, 100, 5).samples)
+    many = S.bootstrap_auc_ci_many(labels, np.c_[p1, p2], groups, n=100, seed=5)
+    np.testing.assert_allclose(many[0].samples, S.bootstrap_auc_ci(y1, p1, groups, 100, 5).samples)
     # label 2 skips its unknown rows: same as the naive loop on the known rows with the same draws
     ids = np.unique(groups.astype(str))
     k = np.arange(10, 150)
     expected = []
-    for draws in M.patient_draws(len(ids), 100, 5):
+    for draws in S.patient_draws(len(ids), 100, 5):
         for d in draws:
             rows = np.concatenate([k[groups[k].astype(str) == ids[g]] for g in d])
             expected.append(roc_auc_score(y2[rows], p2[rows]))
@@ -232,7 +233,7 @@ def test_bootstrap_many_uses_the_same_resamples_and_skips_unknown():
 def test_weighted_auc_equals_sklearn_sample_weight():
     y, p = _data(n=200, seed=11)
     w = np.random.default_rng(11).integers(0, 4, (3, 200)).astype(float)
-    got = M.weighted_auc(y, p, w)
+    got = S.weighted_auc(y, p, w)
     np.testing.assert_allclose(got, [roc_auc_score(y, p, sample_weight=wi) for wi in w], atol=1e-12)
 
 
@@ -241,7 +242,7 @@ def test_bootstrap_diff_ci_matches_naive_paired_loop():
     groups = rng.integers(0, 30, 90)
     y, p1 = _data(n=90, seed=12)
     p2 = np.clip(p1 + rng.normal(0, 0.2, 90), 0, 1)
-    ci = M.bootstrap_auc_diff_ci(y, p1, p2, groups, n=100, seed=1)
+    ci = S.bootstrap_auc_diff_ci(y, p1, p2, groups, n=100, seed=1)
     d = _naive_bootstrap(y, p1, groups, 100, 1) - _naive_bootstrap(y, p2, groups, 100, 1)
     np.testing.assert_allclose(ci.samples, d[~np.isnan(d)], atol=1e-12)
 
@@ -266,7 +267,7 @@ def test_delong_hand_worked_variance():
     # var = S10/m + S01/n = (1/12)/3 + (1/18)/2 = 1/18
     y = np.array([1, 1, 1, 0, 0])
     s = np.array([0.9, 0.6, 0.4, 0.5, 0.3])
-    aucs, cov = M.delong_covariance(y, s[None, :])
+    aucs, cov = S.delong_covariance(y, s[None, :])
     assert aucs[0] == pytest.approx(2.5 / 3)
     assert cov[0, 0] == pytest.approx(1 / 18)
 
@@ -275,11 +276,11 @@ def test_delong_equals_explicit_kernel_and_scipy_normal():
     rng = np.random.default_rng(13)
     y, p1 = _data(n=200, seed=13)
     p2 = np.round(np.clip(p1 + rng.normal(0, 0.25, 200), 0, 1), 2)
-    aucs, cov = M.delong_covariance(y, np.stack([p1, p2]))
+    aucs, cov = S.delong_covariance(y, np.stack([p1, p2]))
     ea, ecov = _delong_explicit(y, np.stack([p1, p2]))
     np.testing.assert_allclose(aucs, ea)
     np.testing.assert_allclose(cov, ecov)
-    r = M.delong_test(y, p1, p2)
+    r = S.delong_test(y, p1, p2)
     assert r.auc1 == pytest.approx(roc_auc_score(y, p1)) and r.auc2 == pytest.approx(roc_auc_score(y, p2))
     se = math.sqrt(ecov[0, 0] + ecov[1, 1] - 2 * ecov[0, 1])
     assert r.se == pytest.approx(se) and r.z == pytest.approx((ea[0] - ea[1]) / se)
@@ -292,13 +293,13 @@ def test_delong_se_agrees_with_paired_bootstrap():
     y = (rng.random(n) < 0.3).astype(int)
     p1 = 1 / (1 + np.exp(-(1.2 * y + rng.normal(0, 1, n))))
     p2 = 1 / (1 + np.exp(-(0.9 * y + rng.normal(0, 1, n))))
-    r = M.delong_test(y, p1, p2)
-    boot = M.bootstrap_auc_diff_ci(y, p1, p2, np.arange(n), n=1000, seed=0)
+    r = S.delong_test(y, p1, p2)
+    boot = S.bootstrap_auc_diff_ci(y, p1, p2, np.arange(n), n=1000, seed=0)
     assert np.std(boot.samples, ddof=1) == pytest.approx(r.se, rel=0.15)
     assert r.p_value < 0.05 and boot.low > 0  # both see the real difference
 
 
 def test_delong_identical_predictors():
     y, p = _data(seed=15)
-    r = M.delong_test(y, p, p)
+    r = S.delong_test(y, p, p)
     assert (r.diff, r.z, r.p_value) == (0.0, 0.0, 1.0)

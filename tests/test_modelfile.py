@@ -18,8 +18,7 @@ from cxr.modelfile import (
     save_model,
     with_thresholds,
 )
-from cxr.models import HeadConfig, ModelSpec, build_model
-
+from cxr.models import HeadConfig, ModelSpec, Preprocessing, build_model
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
 
@@ -40,7 +39,7 @@ def randomise_buffers(model):
 def saved(tmp_path_factory):
     """(model, path) of a densenet121 model file at 64 px, with thresholds and a summary."""
     torch.manual_seed(0)
-    model = randomise_buffers(build_model(ModelSpec(labels=LABELS, input_size=64)))
+    model = randomise_buffers(build_model(ModelSpec(labels=LABELS, preprocessing=Preprocessing(size=64))))
     path = tmp_path_factory.mktemp("saved") / "model.safetensors"
     training = {
         "epochs": np.int64(3),
@@ -90,7 +89,7 @@ def test_round_trip_gem_head_with_hidden_layers(tmp_path):
     spec = ModelSpec(
         labels=("a", "b"),
         backbone="efficientnet-lite0",
-        input_size=64,
+        preprocessing=Preprocessing(size=64),
         head=HeadConfig(pool="gem", dropout=0.25, hidden=(32, 16)),
     )
     torch.manual_seed(1)
@@ -111,7 +110,7 @@ def test_file_is_plain_safetensors_with_cxr_metadata(saved):
         meta = json.loads(fh.metadata()["cxr"])
         assert {"backbone.conv0.weight", "head.out.weight"} <= set(fh.keys())
     assert meta["format"] == "cxr-model" and meta["format_version"] == FORMAT_VERSION
-    assert meta["spec"] == ModelSpec(labels=LABELS, input_size=64).to_dict()
+    assert meta["spec"] == ModelSpec(labels=LABELS, preprocessing=Preprocessing(size=64)).to_dict()
     assert len(meta["sha256"]) == 64
 
 
@@ -264,3 +263,54 @@ def test_model_of_a_backbone_this_cxr_does_not_know(tmp_path, monkeypatch):
     with pytest.raises(ModelFileError, match="unknown backbone 'tiny-plugin'") as err:
         load_model(path)
     assert str(path) in str(err.value) and "efficientnet-lite0" in str(err.value)
+
+
+# format version 1 (before the preprocessing record) -----------------------------------------
+def write_v1_file(path, model, fit=None):
+    """A model file as cxr wrote it before format 2: input size, mean and std at the top of
+    the spec, the fit (when recorded) in the training summary; same SHA-256 rule."""
+    import hashlib
+
+    from safetensors.torch import save as st_save
+
+    spec = model.spec
+    meta = {"format": "cxr-model", "format_version": 1,
+            "spec": {"labels": list(spec.labels), "backbone": spec.backbone,
+                     "input_size": spec.input_size, "head": spec.head.to_dict(),
+                     "mean": list(spec.mean), "std": list(spec.std)},
+            "thresholds": {"Effusion": 0.4}, "training": {} if fit is None else {"fit": fit},
+            "cxr_version": "0.1.0"}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"\n{name}|{t.dtype!s}|{list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    meta["sha256"] = h.hexdigest()
+    path.write_bytes(st_save(tensors, metadata={"cxr": json.dumps(meta)}))
+    return path
+
+
+@pytest.mark.parametrize("fit", [None, "crop"])
+def test_a_format_1_file_still_loads_and_predicts_the_same(tmp_path, fit):
+    from cxr.inference import Predictor
+
+    torch.manual_seed(1)
+    model = build_model(ModelSpec(labels=LABELS, backbone="cxr-small-cnn",
+                                  preprocessing=Preprocessing(size=48, fit=fit or "pad"))).eval()
+    old = write_v1_file(tmp_path / "v1.safetensors", model, fit)
+    new = save_model(tmp_path / "v2.safetensors", model, thresholds={"Effusion": 0.4})
+    info = read_model_info(old)
+    assert info.format_version == 1
+    assert (info.spec.input_size, info.spec.fit) == (48, fit or "pad")  # no fit recorded: pad
+    assert info.spec == read_model_info(new).spec
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    p_old = Predictor(old).predict_arrays(pixels)
+    np.testing.assert_array_equal(p_old, Predictor(new).predict_arrays(pixels))
+    with torch.no_grad():
+        direct = torch.sigmoid(model(torch.from_numpy(pixels)[:, None].float() / 255)).numpy()
+    np.testing.assert_allclose(p_old, direct, atol=1e-6)
+    # a rewrite (e.g. new thresholds) upgrades the file to the current format
+    with_thresholds(old, {"Effusion": 0.5})
+    assert read_model_info(old).format_version == FORMAT_VERSION == 2
+    assert load_model(old).spec.fit == (fit or "pad")

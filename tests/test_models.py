@@ -13,6 +13,7 @@ from cxr.models import (
     GeM,
     HeadConfig,
     ModelSpec,
+    Preprocessing,
     WeightsConfig,
     build_model,
     freeze_backbone,
@@ -23,7 +24,6 @@ from cxr.models import (
     registry,
     unfreeze_backbone,
 )
-
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Effusion")
 FEATURES = {
@@ -36,7 +36,7 @@ FEATURES = {
 
 def small(backbone="densenet121", **kw) -> ChestClassifier:
     torch.manual_seed(0)
-    return build_model(ModelSpec(labels=LABELS, backbone=backbone, input_size=64, **kw))
+    return build_model(ModelSpec(labels=LABELS, backbone=backbone, preprocessing=Preprocessing(size=64), **kw))
 
 
 def gray(b=2, size=64, seed=1) -> torch.Tensor:
@@ -116,7 +116,8 @@ def test_spec_normalisation_follows_backbone_weights_unless_given():
         (128 / 255,) * 3
     )
     custom = ModelSpec(
-        labels=LABELS, backbone="efficientnet-lite0", mean=(0.5, 0.5, 0.5), std=[0.25] * 3
+        labels=LABELS, backbone="efficientnet-lite0",
+        preprocessing=Preprocessing(mean=(0.5, 0.5, 0.5), std=[0.25] * 3),
     )
     assert custom.mean == (0.5, 0.5, 0.5) and custom.std == (0.25, 0.25, 0.25)
     assert ModelSpec.from_dict(custom.to_dict()) == custom
@@ -130,14 +131,18 @@ def test_spec_normalisation_follows_backbone_weights_unless_given():
         ({"labels": "Effusion"}, "labels"),
         ({"labels": ["a", "b", "a"]}, "repeat"),
         ({"labels": ["a", ""]}, "labels"),
-        ({"input_size": 16}, "input_size"),
-        ({"input_size": 64.0}, "input_size"),
+        ({"preprocessing": {"size": 16}}, "input_size"),
+        ({"preprocessing": {"size": 64.0}}, "input_size"),
+        ({"preprocessing": {"size": 50_000}}, "input_size"),
+        ({"preprocessing": {"fit": "stretch"}}, "preprocessing.fit"),
+        ({"preprocessing": {"intensity": "uint16/65535"}}, "preprocessing.intensity"),
+        ({"preprocessing": {"gamma": 2}}, "gamma"),
         ({"head": {"pool": "max"}}, "head.pool"),
         ({"head": {"dropout": 1.0}}, "head.dropout"),
         ({"head": {"hidden": [0]}}, "head.hidden"),
         ({"head": {"size": 3}}, "size"),
-        ({"mean": [0.5, 0.5]}, "mean"),
-        ({"std": [0.2, 0.0, 0.2]}, "std"),
+        ({"preprocessing": {"mean": [0.5, 0.5]}}, "mean"),
+        ({"preprocessing": {"std": [0.2, 0.0, 0.2]}}, "std"),
         ({"colour": "rgb"}, "colour"),
     ],
 )

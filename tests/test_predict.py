@@ -1,8 +1,7 @@
-"""Predicting image files (cxr.predict) and the ``cxr predict`` command (cxr.cli_predict)."""
+"""Predicting image files (cxr.inference) and the ``cxr predict`` command (cxr.cli.predict)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,19 +11,20 @@ import torch
 from dicom_files import write_dicom
 from PIL import Image
 
-from cxr import RESEARCH_NOTICE, cli_predict
+from cxr import RESEARCH_NOTICE
 from cxr.cache import PreparedCache, prepare
+from cxr.cli import main as cxr_main
+from cxr.evaluation.predictions import read_predictions
 from cxr.images import load_for_cache
-from cxr.modelfile import load_model, save_model
-from cxr.models import ModelSpec, build_model
-from cxr.predict import (
+from cxr.inference import (
     ImagePrediction,
     PredictionResult,
     Predictor,
     list_images,
     tta_views,
 )
-from cxr.predictions import read_predictions
+from cxr.modelfile import load_model, save_model
+from cxr.models import ModelSpec, Preprocessing, build_model
 from cxr.table import LabelTable
 
 LABELS = ("Cardiomegaly", "Effusion", "Mass")
@@ -53,7 +53,7 @@ def model_file(tmp_path_factory) -> Path:
     """A random small CNN whose head is set by hand so that its probabilities depend on the
     image: logits [0.5, 0, -0.5] for ``base_image()`` and [2.5, -1, 0.5] for the other one."""
     torch.manual_seed(0)
-    model = build_model(ModelSpec(labels=LABELS, backbone="cxr-small-cnn", input_size=64)).eval()
+    model = build_model(ModelSpec(labels=LABELS, backbone="cxr-small-cnn", preprocessing=Preprocessing(size=64))).eval()
     pix = [load_array(base_image()), load_array(base_image(96, 70, seed=3))]
     with torch.no_grad():
         fa, fb = (model.head.pool(model.features(torch.from_numpy(p)[None, None] / 255.0))[0]
@@ -90,11 +90,8 @@ def images(tmp_path_factory) -> dict[str, Path]:
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cxr")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli_predict.add_parsers(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``cxr ARGV`` as a user runs it: errors become one line on stderr and exit code 2."""
+    return cxr_main(argv)
 
 
 # finding images ---------------------------------------------------------------------------
@@ -210,17 +207,17 @@ def test_tta_is_the_mean_over_the_documented_views(model_file, images):
 
 def test_preprocessing_follows_the_model_file(images, tmp_path):
     torch.manual_seed(0)
-    model = build_model(ModelSpec(labels=LABELS, backbone="cxr-small-cnn", input_size=48))
-    path = save_model(tmp_path / "crop.safetensors", model, training={"fit": "crop"})
+    model = build_model(ModelSpec(labels=LABELS, backbone="cxr-small-cnn",
+                                  preprocessing=Preprocessing(size=48, fit="crop")))
+    path = save_model(tmp_path / "crop.safetensors", model)
     predictor = Predictor(path)
     assert (predictor.fit, predictor.size) == ("crop", 48)
     assert np.array_equal(predictor.preprocess(images["other"]),
                           load_for_cache(images["other"], 48, "crop"))
-    with pytest.raises(ValueError, match=r"uint8 \(B, 48, 48\).*load_for_cache"):
+    with pytest.raises(ValueError, match=r"uint8 \(B, 48, 48\).*--fit crop"):
         predictor.predict_arrays(np.zeros((1, 64, 64), np.uint8))
-    bad = save_model(tmp_path / "bad.safetensors", model, training={"fit": "stretch"})
-    with pytest.raises(ValueError, match="fit='stretch'"):
-        Predictor(bad)
+    with pytest.raises(ValueError, match="fit must be one of"):
+        Preprocessing(size=48, fit="stretch")
 
 
 # rendering --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""cxr.predictions: reading/writing prediction CSVs and pairing them with label tables."""
+"""cxr.evaluation.predictions: reading/writing prediction CSVs and pairing them with label tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr.predictions import PredictionError, Predictions, align, align_pair, read_predictions, write_predictions
+from cxr.evaluation.predictions import (
+    PredictionError,
+    Predictions,
+    align,
+    align_pair,
+    read_predictions,
+    write_predictions,
+)
 from cxr.table import LabelTable
 
 NAMES = ("Atelectasis", "Effusion", "Mass")

@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 
 from cxr.models import (
     ModelSpec,
+    Preprocessing,
     PretrainedWeightsError,
     WeightsNotFoundError,
     build_model,
@@ -18,9 +19,8 @@ from cxr.models import (
 from cxr.models.pretrained import convert_state_dict
 from cxr.models.registry import Backbone
 
-
 DN121 = "densenet121-a639ec97.pth"
-SPEC = ModelSpec(labels=("a", "b"), input_size=64)
+SPEC = ModelSpec(labels=("a", "b"), preprocessing=Preprocessing(size=64))
 
 
 def torchvision_keys(backbone_state: dict, legacy_blocks=(1, 2)) -> dict:

@@ -1,4 +1,4 @@
-"""cxr.report and cxr.plots: the files written and the self-contained HTML."""
+"""cxr.evaluation.report and cxr.evaluation.plots: the files written and the self-contained HTML."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from cxr import RESEARCH_NOTICE
-from cxr.evaluate import compare, evaluate
-from cxr.report import safe_name, write_comparison_report, write_report
+from cxr.evaluation.report import safe_name, write_comparison_report, write_report
+from cxr.evaluation import compare, evaluate
 
 NAMES = ["Atelectasis", "Pleural Other", "No Finding", "Hernia"]
 

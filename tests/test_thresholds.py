@@ -1,4 +1,4 @@
-"""cxr.thresholds: choosing per-label thresholds on validation data, saving and loading."""
+"""cxr.evaluation.thresholds: choosing per-label thresholds on validation data, saving and loading."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from cxr.metrics import confusion_at
-from cxr.thresholds import Thresholds, choose_thresholds
+from cxr.evaluation.metrics import confusion_at
+from cxr.evaluation.thresholds import Thresholds, choose_thresholds
 
 
 def _val():

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from cxr.cli_train import add_parsers, config_from_args
+from cxr.cli.train import add_parsers, config_from_args
 from cxr.training.config import AugmentConfig, ConfigError, TrainConfig
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cxr.modelfile import load_model
-from cxr.models import HeadConfig, ModelSpec, build_model
+from cxr.models import HeadConfig, ModelSpec, Preprocessing, build_model
 from cxr.training import TrainConfig, TrainError, resume, train
 
 SMALL = TrainConfig(backbone="cxr-small-cnn", phase1_epochs=1, phase2_epochs=2, batch_size=16,
@@ -36,7 +36,7 @@ def test_phase1_keeps_the_backbone_phase2_changes_it(phantom_caches_small, tmp_p
           callbacks=[grab])
     torch.manual_seed(config.seed)  # the loop builds its model right after seeding
     names = load_model(tmp_path / "run" / "best.safetensors").spec.labels
-    init = build_model(ModelSpec(labels=names, backbone="cxr-small-cnn", input_size=32,
+    init = build_model(ModelSpec(labels=names, backbone="cxr-small-cnn", preprocessing=Preprocessing(size=32),
                                  head=HeadConfig(dropout=0.2))).state_dict()
     after1, after2 = snapshots
     backbone = [k for k in init if k.startswith("backbone.")]
@@ -57,7 +57,7 @@ def test_a_small_model_learns_phantoms(trained_phantom_model):
     assert result.best_auc >= 0.95, result.history[result.best_epoch]
     model = load_model(result.best_model)
     assert set(model.thresholds) == set(model.spec.labels)  # chosen on validation
-    assert model.training["fit"] == "pad"
+    assert model.spec.fit == "pad"  # the preprocessing record of the model file
 
 
 _KILL_SCRIPT = """
@@ -101,7 +101,7 @@ def test_densenet121_trains_with_mixed_precision_accumulation_and_channels_last(
                          grad_clip=1.0, schedule="plateau", optimizer="sgd", labels=("Effusion",
                                                                                       "Mass"))
     torch.manual_seed(config.seed)
-    init = build_model(ModelSpec(labels=("Effusion", "Mass"), input_size=32)).state_dict()
+    init = build_model(ModelSpec(labels=("Effusion", "Mass"), preprocessing=Preprocessing(size=32))).state_dict()
     result = train(config, c["train"], c["val"], tmp_path / "run", progress=False,
                    echo=lambda s: None)
     row = result.history[0]

@@ -148,24 +148,12 @@ def _train(caches: dict, out: Path, seed: int, epochs: int, backbone: str, devic
 
 def _evaluate(model: Path, test_cache: Path, out: Path, device: str, written: dict,
               figures: dict, echo) -> None:
-    from cxr.cache import PreparedCache
-    from cxr.evaluate import evaluate, fmt
-    from cxr.predict import Predictor
-    from cxr.predictions import write_predictions
-    from cxr.report import write_report
+    from cxr.evaluation import evaluate_model, fmt
 
     echo(f"[5/7] evaluating {model.name} on the test split into {out / 'report'}")
-    predictor = Predictor(model, device=_device(device), batch_size=128)
-    cache = PreparedCache(test_cache)
-    probs = predictor.predict_cache(cache)
-    table = cache.table
-    index = [table.pathologies.index(n) for n in predictor.labels]
-    report = evaluate(table.labels[:, index], probs, predictor.labels, table.patient_ids,
-                      thresholds=predictor.stored_thresholds(),
-                      sources={"labels": str(test_cache), "predictions": f"model {model}"})
-    report_files = write_report(report, out / "report")
-    report_files["predictions"] = Path(write_predictions(out / "report" / "predictions.csv",
-                                                         table.paths, probs, predictor.labels))
+    result = evaluate_model(model, test_cache, device=device, batch_size=128)
+    report = result.report
+    report_files = result.save(out / "report")
     for r in report.labels:
         echo(f"  {r.name:<20} test AUC {fmt(r.auc, 3)} ({fmt(r.auc_ci_low)}-{fmt(r.auc_ci_high)})")
     echo(f"  macro AUC {fmt(report.macro_auc, 4)} over {len(report.macro_auc_labels)} labels")
@@ -199,9 +187,9 @@ def _held_out(data, out: Path, seed: int, size: int, workers, test_table, writte
 def _predict_and_explain(model: Path, paths: list[str], out: Path, device: str, written: dict,
                          echo) -> None:
     from cxr.explain import explain, save_explanation_png
-    from cxr.predict import Predictor
+    from cxr.inference import Predictor
 
-    predictor = Predictor(model, device=_device(device))
+    predictor = Predictor(model, device=device)
     result = predictor.predict_images(paths)
     text = result.render("text")
     (out / "predictions.txt").write_text(text)
@@ -219,7 +207,7 @@ def _predict_and_explain(model: Path, paths: list[str], out: Path, device: str, 
 
 def _localize(model: Path, data, out: Path, device: str, written: dict, figures: dict,
               echo) -> None:
-    from cxr.localization import find_nih_boxes, localization_report
+    from cxr.evaluation.localization import find_nih_boxes, localization_report
 
     if data is None:
         source, size = out / "heldout", None
@@ -233,23 +221,15 @@ def _localize(model: Path, data, out: Path, device: str, written: dict, figures:
                                    "trained on"))
     from PIL import Image
 
-    from cxr.predict import list_images
+    from cxr.inference import list_images
 
     first = list_images([source])[0]
     with Image.open(first) as img:
         size = max(img.size)
     report = localization_report(model, source, tolerance=POINTING_TOLERANCE * size,
-                                 device=_device(device))
+                                 device=device)
     echo(report.to_text())
     written.update({f"localization_{k}": v for k, v in report.save(out / "localization").items()})
     figures["pointing_game"] = {k: round(v["pointing_game"], 3) for k, v in report.per_label.items()}
     figures["pointing_game_tolerant"] = {
         k: round(v.get("pointing_game_tolerant", float("nan")), 3) for k, v in report.per_label.items()}
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

@@ -20,7 +20,7 @@ EfficientNet-Lite0 (stride 32, padded 3x3/7x7 strided convolutions) the cells' t
 are up to about 1.5 input pixels off, well under one cell.
 
 Heatmaps are on the model's input grid: for an image fitted with ``pad`` (the default),
-the heatmap covers the padded square; :mod:`cxr.localization` maps it back to the original.
+the heatmap covers the padded square; :mod:`cxr.evaluation.localization` maps it back to the original.
 Research use only: a heatmap shows what drove the model, not where a disease is.
 """
 
@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from cxr import RESEARCH_NOTICE
+from cxr.choices import CAM_METHODS
 from cxr.models.classifier import ChestClassifier
+from cxr.preprocessing import to_model_input
 
 __all__ = [
     "CAM_METHODS",
@@ -50,8 +52,6 @@ __all__ = [
     "save_explanation_png",
 ]
 
-#: Heatmap methods: Grad-CAM and Grad-CAM++.
-CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
 _CONSTANT_EPS = 1e-12
 CONSTANT_NOTE = ("the heatmap is constant (nothing in the image raised this label's score at the "
                  "last convolutional block); shown as zeros")
@@ -90,7 +90,7 @@ class Explanation:
     note: str = ""
 
 
-def _check_method(method: str) -> str:
+def check_method(method: str) -> str:
     if method not in CAM_METHODS:
         raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
     return method
@@ -142,7 +142,7 @@ def grad_cam_maps(model: ChestClassifier, x: torch.Tensor | np.ndarray,
         method: ``"gradcam"`` or ``"gradcam++"``.
     """
     model = _check_model(model)
-    method = _check_method(method)
+    method = check_method(method)
     x = torch.as_tensor(x)
     while x.ndim < 4:
         x = x.unsqueeze(0)
@@ -189,11 +189,12 @@ def grad_cam(model: ChestClassifier, x: torch.Tensor | np.ndarray,
 
 
 def _as_input(image: np.ndarray) -> torch.Tensor:
+    """uint8 (S, S) -> float (1, 1, S, S) by the one pixels-to-input path."""
     image = np.asarray(image)
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 (S, S) pixels as the model sees them (e.g. "
                          f"load_for_cache(path, size)), got {image.dtype} shape {image.shape}")
-    return torch.from_numpy(np.ascontiguousarray(image))[None, None].float().div(255.0)
+    return to_model_input(torch.from_numpy(np.ascontiguousarray(image))[None], "cpu")
 
 
 def explain(model: ChestClassifier, image: np.ndarray, labels: Sequence[str] | None = None,
@@ -213,7 +214,7 @@ def explain(model: ChestClassifier, image: np.ndarray, labels: Sequence[str] | N
         One :class:`Explanation` per label, heatmaps float32 (S, S) in [0, 1].
     """
     model = _check_model(model)
-    method = _check_method(method)
+    method = check_method(method)
     x = _as_input(image)
     names = list(model.spec.labels)
     if labels is None:

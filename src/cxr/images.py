@@ -22,6 +22,8 @@ import pydicom
 from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 
+from cxr.choices import FIT_MODES
+
 try:  # pydicom >= 3
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 except ImportError:  # pragma: no cover - pydicom 2.4
@@ -30,7 +32,6 @@ except ImportError:  # pragma: no cover - pydicom 2.4
     get_decoder = None
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
-FIT_MODES: tuple[str, ...] = ("pad", "crop")
 
 _REASONS = ("missing", "empty", "truncated", "too-large", "unsupported", "unreadable")
 _RESAMPLE = Image.Resampling.BILINEAR

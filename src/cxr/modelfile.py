@@ -3,8 +3,8 @@
 Layout: a standard safetensors file whose tensors are the classifier's ``state_dict()``
 and whose header metadata holds one entry, ``"cxr"``, a JSON object::
 
-    {"format": "cxr-model", "format_version": 1,
-     "spec": {...ModelSpec.to_dict()...},          # labels, backbone, head, input size, mean/std
+    {"format": "cxr-model", "format_version": 2,
+     "spec": {...ModelSpec.to_dict()...},          # labels, backbone, head, preprocessing
      "thresholds": {"Effusion": 0.31, ...},        # optional decision thresholds (probabilities)
      "training": {...},                            # free summary of how it was trained
      "cxr_version": "0.1.0",
@@ -13,6 +13,11 @@ and whose header metadata holds one entry, ``"cxr"``, a JSON object::
 ``sha256`` covers every tensor (name, dtype, shape, bytes, in name order) and the rest of
 the metadata, so a changed byte anywhere meaningful is detected on :func:`load_model`.
 Nothing is ever unpickled: files are read with safetensors and ``json`` only.
+
+Format versions: 2 keeps the preprocessing record (size, fit, intensity, mean, std) in the
+spec. Files of version 1 (input size, mean and std at the top of the spec; the fit, when
+recorded, in the training summary) still load: they are read as version 2 with the fit of
+their training summary, ``pad`` when it has none.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "cxr-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _META_KEY = "cxr"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 
@@ -232,17 +237,20 @@ def _read_raw(path: Path) -> tuple[bytes, dict[str, Any]]:
 
 
 def _info(path: Path, meta: dict[str, Any]) -> ModelInfo:
+    training = meta.get("training") or {}
+    if not isinstance(training, dict):
+        raise ModelFileError(path, "its training summary is not a JSON object")
     try:
-        spec = ModelSpec.from_dict(meta.get("spec"))
+        spec_dict = meta.get("spec")
+        if meta["format_version"] == 1:
+            spec_dict = ModelSpec.upgrade_v1(spec_dict, str(training.get("fit", "pad")))
+        spec = ModelSpec.from_dict(spec_dict)
     except ValueError as exc:
         raise ModelFileError(path, f"its model spec cannot be used: {exc}") from None
     try:
         thresholds = _check_thresholds(meta.get("thresholds") or {}, spec)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(path, f"its thresholds are invalid: {exc}") from None
-    training = meta.get("training") or {}
-    if not isinstance(training, dict):
-        raise ModelFileError(path, "its training summary is not a JSON object")
     return ModelInfo(
         path,
         spec,

@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from cxr.choices import DATASET_FORMATS
 from cxr.datasets._common import (
     DatasetError,
     as_path_str,
@@ -41,7 +42,7 @@ from cxr.datasets.summary import DatasetSummary, describe
 from cxr.table import LabelTable, merge_tables
 
 #: The format names :func:`load_dataset` accepts.
-FORMATS: tuple[str, ...] = ("nih", "chexpert", "csv", "folders", "list")
+FORMATS: tuple[str, ...] = DATASET_FORMATS
 
 READERS: dict[str, Callable[..., LabelTable]] = {
     "nih": read_nih,

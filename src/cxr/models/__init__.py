@@ -12,7 +12,6 @@ from cxr.models.classifier import (
     build_model,
     freeze_backbone,
     parameter_groups,
-    to_model_input,
     unfreeze_backbone,
 )
 from cxr.models.pretrained import (
@@ -32,6 +31,7 @@ from cxr.models.registry import (
     register_backbone,
 )
 from cxr.models.spec import HeadConfig, ModelSpec
+from cxr.preprocessing import Preprocessing, to_model_input
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,6 +43,7 @@ __all__ = [
     "GeM",
     "HeadConfig",
     "ModelSpec",
+    "Preprocessing",
     "PretrainedWeightsError",
     "WeightsConfig",
     "WeightsNotFoundError",

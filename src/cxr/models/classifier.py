@@ -25,7 +25,6 @@ __all__ = [
     "build_model",
     "freeze_backbone",
     "parameter_groups",
-    "to_model_input",
     "unfreeze_backbone",
 ]
 
@@ -142,13 +141,6 @@ class ChestClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, 1, H, W) float in [0, 1] -> logits (B, L) float."""
         return self.head(self.features(x))
-
-
-def to_model_input(pixels: Tensor, device: torch.device, channels_last: bool) -> Tensor:
-    """uint8 (B, S, S) pixels (a cache's, or ``load_for_cache``'s) -> the model's input,
-    float (B, 1, S, S) = pixels / 255 on ``device``; copied without waiting when pinned."""
-    x = pixels.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def build_model(

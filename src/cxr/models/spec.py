@@ -1,4 +1,4 @@
-"""What a model is: labels, backbone, head, input size and normalisation.
+"""What a model is: labels, backbone, head and preprocessing (input size, fit, normalisation).
 
 :class:`ModelSpec` is everything needed to rebuild a :class:`~cxr.models.ChestClassifier`
 with random weights; it is stored (as :meth:`ModelSpec.to_dict`) inside every model file.
@@ -8,24 +8,20 @@ offending field.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from cxr.choices import POOLS
 from cxr.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     get_backbone,
     list_backbones,
 )
+from cxr.preprocessing import Preprocessing
 
-__all__ = ["POOLS", "HeadConfig", "ModelSpec"]
-
-#: Pooling layers a head can use.
-POOLS: tuple[str, ...] = ("avg", "gem")
-
-_MIN_INPUT = 32  # every backbone downsamples by 32
+__all__ = ["POOLS", "HeadConfig", "ModelSpec", "Preprocessing"]
 
 
 def _unknown_keys(data: Mapping[str, Any], cls: type, what: str) -> None:
@@ -86,40 +82,26 @@ class HeadConfig:
         return cls(**dict(data))
 
 
-def _triple(value: Any, name: str, positive: bool) -> tuple[float, float, float]:
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be 3 numbers (R, G, B), got {value!r}") from None
-    if len(out) != 3 or not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {value!r}")
-    if positive and min(out) <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return out  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
 class ModelSpec:
-    """Labels, backbone and head of a classifier; JSON round trip via to_dict/from_dict.
+    """Labels, backbone, head and preprocessing of a classifier; JSON round trip via
+    to_dict/from_dict.
 
     Attributes:
         labels: L output label names, unique, in output order.
         backbone: a registered backbone name (see :func:`cxr.models.list_backbones`).
-        input_size: side in pixels of the square gray images the model is trained on
-            (the model itself accepts any size >= 32).
         head: the classification head.
-        mean, std: RGB normalisation applied after the gray image (values in [0, 1]) is
-            repeated to 3 channels. None (the default) = what the backbone's pretrained
-            weights expect: ImageNet ``(0.485, 0.456, 0.406)`` / ``(0.229, 0.224, 0.225)``
-            for DenseNets, ``127/255`` / ``128/255`` for EfficientNet-Lite0.
+        preprocessing: how files become input (:class:`~cxr.preprocessing.Preprocessing`:
+            size, fit, intensity, mean/std). Its mean/std left None become what the
+            backbone's pretrained weights expect: ImageNet ``(0.485, 0.456, 0.406)`` /
+            ``(0.229, 0.224, 0.225)`` for DenseNets, ``127/255`` / ``128/255`` for
+            EfficientNet-Lite0. ``input_size``, ``fit``, ``mean`` and ``std`` read it.
     """
 
     labels: tuple[str, ...]
     backbone: str = "densenet121"
-    input_size: int = 224
     head: HeadConfig = field(default_factory=HeadConfig)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, (str, bytes)) or not isinstance(self.labels, Sequence):
@@ -140,37 +122,50 @@ class ModelSpec:
             raise ValueError(
                 f"backbone must be a name, one of {list_backbones()}; got {self.backbone!r}"
             )
-        if (
-            isinstance(self.input_size, bool)
-            or not isinstance(self.input_size, int)
-            or self.input_size < _MIN_INPUT
-        ):
-            raise ValueError(
-                f"input_size must be an integer >= {_MIN_INPUT} (pixels), got {self.input_size!r}"
-            )
         if not isinstance(self.head, HeadConfig):
             raise ValueError(f"head must be a HeadConfig, got {type(self.head).__name__}")
-        default_mean = entry.weights.mean if entry.weights else IMAGENET_MEAN
-        default_std = entry.weights.std if entry.weights else IMAGENET_STD
-        mean = _triple(default_mean if self.mean is None else self.mean, "mean", positive=False)
-        std = _triple(default_std if self.std is None else self.std, "std", positive=True)
+        if not isinstance(self.preprocessing, Preprocessing):
+            raise ValueError(
+                f"preprocessing must be a Preprocessing, got {type(self.preprocessing).__name__}"
+            )
+        weights = entry.weights
+        preprocessing = self.preprocessing.with_normalisation(
+            weights.mean if weights else IMAGENET_MEAN, weights.std if weights else IMAGENET_STD
+        )
         object.__setattr__(self, "labels", labels)
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
+        object.__setattr__(self, "preprocessing", preprocessing)
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    @property
+    def input_size(self) -> int:
+        """Side in pixels of the square gray input (the model accepts any size >= 32)."""
+        return self.preprocessing.size
+
+    @property
+    def fit(self) -> str:
+        """How images were fitted into the square: ``pad`` or ``crop``."""
+        return self.preprocessing.fit
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        assert self.preprocessing.mean is not None  # resolved in __post_init__
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        assert self.preprocessing.std is not None  # resolved in __post_init__
+        return self.preprocessing.std
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (lists, str, int, float) that :meth:`from_dict` reads back."""
         return {
             "labels": list(self.labels),
             "backbone": self.backbone,
-            "input_size": self.input_size,
             "head": self.head.to_dict(),
-            "mean": list(self.mean or ()),
-            "std": list(self.std or ()),
+            "preprocessing": self.preprocessing.to_dict(),
         }
 
     @classmethod
@@ -184,4 +179,20 @@ class ModelSpec:
         kwargs = dict(data)
         if "head" in kwargs and not isinstance(kwargs["head"], HeadConfig):
             kwargs["head"] = HeadConfig.from_dict(kwargs["head"])
+        if "preprocessing" in kwargs and not isinstance(kwargs["preprocessing"], Preprocessing):
+            kwargs["preprocessing"] = Preprocessing.from_dict(kwargs["preprocessing"])
         return cls(**kwargs)
+
+    @staticmethod
+    def upgrade_v1(data: Mapping[str, Any], fit: str = "pad") -> dict[str, Any]:
+        """A format-1 spec dict (``input_size``, ``mean``, ``std`` at the top; the fit kept in
+        the training summary, ``pad`` when absent) in the current layout."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"model spec must be a mapping, got {type(data).__name__}")
+        old = dict(data)
+        pre = {"size": old.pop("input_size", 224), "fit": fit}
+        for key in ("mean", "std"):
+            if key in old:
+                pre[key] = old.pop(key)
+        old["preprocessing"] = pre
+        return old

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
+from cxr.choices import POOLS, PRECISIONS
+
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("cosine", "plateau", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
 LOSSES = ("weighted-bce", "pos-weight-bce", "inverse-frequency", "focal", "bce")
-POOLS = ("avg", "gem")
 
 
 class ConfigError(ValueError):

@@ -18,23 +18,22 @@ from torch import nn
 from tqdm import tqdm
 
 from cxr.losses import build_loss
+from cxr.devices import autocast_dtype
 from cxr.models import (
     HeadConfig,
     ModelSpec,
     build_model,
     freeze_backbone,
     parameter_groups,
-    to_model_input,
     unfreeze_backbone,
 )
+from cxr.preprocessing import Preprocessing, to_model_input
 from cxr.training import distributed as dd
 from cxr.training.augment import augment_batch
 from cxr.training.config import TrainConfig
 from cxr.training.ema import ModelEMA
 from cxr.training.loader import CacheBatches
 from cxr.training.schedule import LRSchedule
-
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -54,25 +53,27 @@ class Engine:
     Args:
         config: the run's settings.
         names: the L label names the model predicts.
-        size: the side of the input images in pixels.
+        preprocessing: how the cache's images were made (its size and fit), stored in the
+            model's spec.
         train_labels: float (N, L) training labels (NaN unknown), for the loss weights.
         info: this process's place in a DDP job.
         steps_per_epoch: optimiser steps per epoch (batches / accumulate, rounded up).
     """
 
-    def __init__(self, config: TrainConfig, names: Sequence[str], size: int,
+    def __init__(self, config: TrainConfig, names: Sequence[str], preprocessing: Preprocessing,
                  train_labels: np.ndarray, info: dd.Dist, steps_per_epoch: int):
         self.config, self.info, self.device = config, info, info.device
         self.steps_per_epoch = steps_per_epoch
-        spec = ModelSpec(labels=tuple(names), backbone=config.backbone, input_size=int(size),
+        spec = ModelSpec(labels=tuple(names), backbone=config.backbone,
                          head=HeadConfig(pool=config.pool, dropout=config.dropout,
-                                         hidden=config.hidden))
+                                         hidden=config.hidden),
+                         preprocessing=preprocessing)
         self.model = build_model(spec, pretrained=config.pretrained).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         options = {"gamma": config.focal_gamma} if config.loss == "focal" else {}
         self.loss_fn = build_loss(config.loss, train_labels, **options).to(self.device)
-        self.amp_dtype = _AMP_DTYPES.get(config.precision)
+        self.amp_dtype = autocast_dtype(config.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.ema = ModelEMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.augment_rng = torch.Generator().manual_seed(config.seed * 7919 + info.rank)
@@ -153,7 +154,7 @@ class Engine:
             loss_sum += loss.detach()
             images += x.shape[0]
             for cb in callbacks:
-                cb("step", {"epoch": epoch, "step": i})
+                cb.on_step({"epoch": epoch, "step": i})
             if progress and (i % 10 == 0 or i + 1 == n_batches):
                 rate = images * self.info.world_size / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", img_s=f"{rate:.0f}")

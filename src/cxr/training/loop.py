@@ -14,11 +14,13 @@ The run folder::
     best.safetensors   the model of the best validation macro AUC, with per-label
                        thresholds chosen on the validation set (Youden's J)
     tensorboard/       the same metrics, when TensorBoard is installed
+
+The run is observed through callbacks (:mod:`cxr.training.callbacks`): ``start``, ``step``,
+``epoch`` and ``end`` events; TensorBoard logging is one of them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -26,15 +28,18 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from cxr import __version__
 from cxr.cache import PreparedCache
+from cxr.preprocessing import Preprocessing
 from cxr.training import distributed as dd
 from cxr.training.config import TrainConfig, TrainError
 from cxr.training.engine import Engine, EpochStats
+from cxr.training.callbacks import RunStart, TrainingCallback, as_callbacks
 from cxr.training.loader import CacheBatches
 
 STATE_VERSION = 1
@@ -59,9 +64,8 @@ class TrainResult:
         return self.run_dir / "last.safetensors"
 
 
-#: ``callback(event, info)``: event ``"step"`` (info: epoch, step) or ``"epoch"`` (info: the
-#: history row). Used by tests to kill a run at a chosen point and by progress displays.
-Callback = Callable[[str, dict], None]
+#: A :class:`~cxr.training.callbacks.TrainingCallback`, or a function ``fn(event, info)``.
+Callback = TrainingCallback | Callable[[str, Any], None]
 
 
 def train(config: TrainConfig, train_cache: str | Path | PreparedCache,
@@ -77,6 +81,8 @@ def train(config: TrainConfig, train_cache: str | Path | PreparedCache,
         run_dir: new folder for the run; an existing run there is an error (use
             :func:`resume`) unless ``overwrite``.
         progress: show a progress bar (rank 0 only).
+        callbacks: observers of the run's events (:mod:`cxr.training.callbacks`); a
+            TensorBoard callback is added when TensorBoard is installed.
     """
     run_dir = Path(run_dir)
     info = dd.setup(config.device)
@@ -140,7 +146,17 @@ def _label_index(config: TrainConfig, train_c: PreparedCache, val_c: PreparedCac
     return names, index["training"], index["validation"]
 
 
+def _default_callbacks(callbacks: Sequence[Callback]) -> list[TrainingCallback]:
+    from cxr.tracking.tensorboard import TensorBoardCallback, tensorboard_available
+
+    out = as_callbacks(callbacks)
+    if tensorboard_available() and not any(isinstance(c, TensorBoardCallback) for c in out):
+        out.append(TensorBoardCallback())
+    return out
+
+
 def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks) -> TrainResult:
+    callbacks = _default_callbacks(callbacks)
     names, train_index, val_index = _label_index(config, train_c, val_c)
     torch.manual_seed(config.seed)
     if config.deterministic:
@@ -156,7 +172,8 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
     if len(train_b) == 0:
         raise TrainError(f"the training cache {train_c.path} has {len(train_c)} images, fewer "
                          f"than one batch of {config.batch_size} per process; lower --batch-size")
-    engine = Engine(config, names, train_c.size, train_c.table.labels[:, train_index], info,
+    engine = Engine(config, names, Preprocessing(size=train_c.size, fit=train_c.fit),
+                    train_c.table.labels[:, train_index], info,
                     steps_per_epoch=math.ceil(len(train_b) / config.accumulate))
     val_labels = val_c.table.labels[:, val_index]
     history: list[dict] = []
@@ -175,7 +192,9 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
             torch.set_num_threads(saved_threads)
             if info.is_main:
                 echo(f"using {saved_threads} CPU threads, as the run did before")
-    writer = _tensorboard(run_dir) if info.is_main else None
+    for cb in callbacks:
+        cb.on_start(RunStart(run_dir, config, tuple(names), len(train_c), len(val_c),
+                             str(info.device), start, info.is_main, train_c.path, val_c.path))
     epoch = start
     while epoch < config.epochs:
         phase = 1 if epoch < config.phase1_epochs else 2
@@ -199,27 +218,27 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         elif stop:
             row["note"] = f"early stop: no better val AUC for {bad_epochs} epochs"
         if info.is_main:
-            _save_epoch(run_dir, engine, row, history, improved, train_c.fit,
+            _save_epoch(run_dir, engine, row, history, improved,
                         dict(next_epoch=config.epochs if stop else next_epoch, best_auc=best_auc,
                              best_epoch=best_epoch, bad_epochs=bad_epochs,
-                             world_size=info.world_size, cpu_threads=torch.get_num_threads()),
-                        writer)
+                             world_size=info.world_size, cpu_threads=torch.get_num_threads()))
             echo(_epoch_line(row, config.epochs, best_auc))
         for cb in callbacks:
-            cb("epoch", row)
+            cb.on_epoch(row)
         if stop:
             break
         epoch = next_epoch
     if best_epoch >= 0:
         _finish(run_dir, engine, val_b, val_labels, names, info, echo)
-    if writer is not None:
-        writer.close()
+    result = TrainResult(run_dir, float(best_auc), best_epoch, len(history), history)
+    for cb in callbacks:
+        cb.on_end(result)
     dd.teardown(info)
-    return TrainResult(run_dir, float(best_auc), best_epoch, len(history), history)
+    return result
 
 
 def _history_row(epoch, phase, stats: EpochStats, val_loss, val_labels, probs, names) -> dict:
-    from cxr.metrics import roc_auc
+    from cxr.evaluation.metrics import roc_auc
 
     aucs = {}
     for j, name in enumerate(names):
@@ -248,10 +267,10 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def _save_epoch(run_dir: Path, engine: Engine, row: dict, history: list[dict], improved: bool,
-                fit: str, progress_state: dict, writer) -> None:
+                progress_state: dict) -> None:
     from cxr.modelfile import save_model
 
-    summary = {"epoch": row["epoch"], "val_macro_auc": row["val_macro_auc"], "fit": fit,
+    summary = {"epoch": row["epoch"], "val_macro_auc": row["val_macro_auc"],
                "val_auc": {k[len("val_auc_"):]: v for k, v in row.items()
                            if k.startswith("val_auc_")},
                "config": engine.config.to_dict()}
@@ -263,11 +282,6 @@ def _save_epoch(run_dir: Path, engine: Engine, row: dict, history: list[dict], i
     state = engine.state_dict()
     state.update(progress_state, version=STATE_VERSION, history=history)
     _atomic_torch_save(state, run_dir / "state.pt")
-    if writer is not None:
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key != "epoch":
-                writer.add_scalar(key, value, row["epoch"])
-        writer.flush()
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -285,7 +299,7 @@ def _finish(run_dir: Path, engine: Engine, val_b: CacheBatches, val_labels, name
     """Choose thresholds on validation with the best model and store them in its file.
     Every rank predicts its shard; rank 0 chooses and writes."""
     from cxr.modelfile import load_model, with_thresholds
-    from cxr.thresholds import choose_thresholds
+    from cxr.evaluation.thresholds import choose_thresholds
 
     dd.barrier(info)  # rank 0 has written best.safetensors
     best = load_model(run_dir / "best.safetensors", device=engine.device)
@@ -296,14 +310,6 @@ def _finish(run_dir: Path, engine: Engine, val_b: CacheBatches, val_labels, name
     with_thresholds(run_dir / "best.safetensors", dict(chosen))
     echo(f"best model: {run_dir / 'best.safetensors'} (thresholds chosen on validation "
          f"for {len(chosen)} of {len(names)} labels)")
-
-
-def _tensorboard(run_dir: Path):
-    with contextlib.suppress(Exception):  # TensorBoard is optional
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(run_dir / "tensorboard"))
-    return None
 
 
 def run_summary(result: TrainResult) -> str:

@@ -2,9 +2,9 @@
 
 A threshold ``t`` calls an image positive when its probability is ``>= t``. Two rules:
 
-- ``"youden"`` (default): maximise sensitivity + specificity - 1 (:func:`cxr.metrics.youden_threshold`);
+- ``"youden"`` (default): maximise sensitivity + specificity - 1 (:func:`cxr.evaluation.metrics.youden_threshold`);
 - ``"sensitivity"``: the highest threshold reaching a target sensitivity, e.g. 0.9
-  (:func:`cxr.metrics.threshold_for_sensitivity`).
+  (:func:`cxr.evaluation.metrics.threshold_for_sensitivity`).
 
 A label whose validation data lack a class gets **no** threshold, and a note saying why;
 its operating-point metrics are then reported as absent, never computed from the test set.
@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from cxr.labels import canonical_label
-from cxr.metrics import threshold_for_sensitivity, youden_threshold
+from cxr.choices import THRESHOLD_METHODS
+from cxr.evaluation.metrics import threshold_for_sensitivity, youden_threshold
 
-METHODS: tuple[str, ...] = ("youden", "sensitivity")
+METHODS: tuple[str, ...] = THRESHOLD_METHODS
 
 
 @dataclass(frozen=True)

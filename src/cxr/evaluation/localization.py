@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from cxr import RESEARCH_NOTICE
-from cxr.images import FIT_MODES, IMAGE_SUFFIXES, ImageReadError, load_for_cache
+from cxr.choices import FIT_MODES
+from cxr.images import IMAGE_SUFFIXES, ImageReadError
 from cxr.labels import canonical_label
 
 __all__ = [
@@ -442,22 +443,24 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
             ``pointing_game`` when > 0.
         batch_size: (image, label) pairs per Grad-CAM pass.
 
-    Each pair is the image preprocessed as in training (``load_for_cache(path,
-    spec.input_size, fit)``, ``fit`` from the model's training summary, default ``pad``),
+    Each pair is the image preprocessed as in training (the model's
+    :class:`~cxr.preprocessing.Preprocessing`: its size and fit),
     the heatmap of that label mapped back to the image's frame, and its mask there.
     """
-    from cxr.explain import _check_method, grad_cam_maps
-    from cxr.predict import model_fit, resolve_model
+    from cxr.explain import check_method, grad_cam_maps
+    from cxr.inference import TorchBackend, open_backend
+    from cxr.preprocessing import to_model_input
 
-    method = _check_method(method)
+    method = check_method(method)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     check = np.zeros((2, 2), np.float32)
     check[0, 0] = 1.0
     heatmap_iou(check, check > 0, threshold, quantile)  # a bad threshold/quantile fails here
     pointing_game([check], [check > 0], tolerance)  # and a bad tolerance
-    loaded = resolve_model(model_file, device)
-    model, spec, fit = loaded.model, loaded.spec, model_fit(loaded)
+    backend = open_backend(model_file, device=device, channels_last=False)
+    assert isinstance(backend, TorchBackend)
+    model, spec, fit = backend.model, backend.spec, backend.spec.fit
     source = Path(source)
     if not source.is_dir():
         raise ValueError(f"source {source} is not a folder; pass a phantom folder (cxr synth) or "
@@ -468,7 +471,7 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
         wanted = [canonical_label(n) for n in labels]
         unknown = [n for n in wanted if n not in spec.labels]
         if unknown:
-            raise ValueError(f"labels {unknown} are not labels of the model {loaded.path}; it has "
+            raise ValueError(f"labels {unknown} are not labels of the model {backend.path}; it has "
                              f"{list(spec.labels)}")
     if (source / "labels.csv").is_file() and (source / "masks").is_dir():
         kind, items = "phantoms", _phantom_items(source, wanted)
@@ -496,7 +499,7 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
             for path, label, mask in items[start : start + batch_size]:
                 if path not in pixels_cache:
                     try:
-                        pixels_cache[path] = load_for_cache(path, spec.input_size, fit)
+                        pixels_cache[path] = spec.preprocessing.load(path)
                     except ImageReadError as err:
                         pixels_cache[path] = None
                         skipped.append((str(path), f"{err.reason}: {err.detail}"))
@@ -505,8 +508,9 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
             bar.update(min(batch_size, len(items) - start))
             if not chunk:
                 continue
-            x = torch.from_numpy(np.stack([pixels_cache[p] for p, _, _ in chunk]))
-            maps = grad_cam_maps(model, x[:, None].float().div(255.0),
+            x = to_model_input(torch.from_numpy(np.stack([pixels_cache[p] for p, _, _ in chunk])),
+                               backend.device)
+            maps = grad_cam_maps(model, x,
                                  [index[lab] for _, lab, _ in chunk], method)
             for k, (path, label, mask) in enumerate(chunk):
                 heat = heatmap_to_image(maps.heatmaps[k], mask.shape, fit)
@@ -530,7 +534,7 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
         d["median_distance"] = float(np.median([r["distance"] for r in rows])) if n else nan
         d["mean_iou"] = float(np.mean([r["iou"] for r in rows])) if n else nan
         per_label[label] = d
-    settings = {"model": str(loaded.path), "backbone": spec.backbone,
+    settings = {"model": str(backend.path), "backbone": spec.backbone,
                 "input_size": spec.input_size, "fit": fit, "method": method,
                 "threshold": threshold, "quantile": quantile, "tolerance": tolerance,
                 "source_kind": kind,

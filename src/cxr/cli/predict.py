@@ -17,16 +17,25 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr import RESEARCH_NOTICE
+from cxr.choices import CAM_METHODS, OUTPUT_FORMATS
+from cxr.cli._common import (
+    EXIT_FOUND,
+    EXIT_OK,
+    CLIError,
+    add_device,
+    add_precision,
+    add_progress,
+    parse_list,
+)
 
-EXIT_OK, EXIT_SKIPPED, EXIT_USAGE = 0, 1, 2
-#: = :data:`cxr.explain.CAM_METHODS` (a test checks), here so that ``cxr --help`` does not
-#: import torch.
-CAM_METHODS = ("gradcam", "gradcam++")
+if TYPE_CHECKING:
+    from cxr.inference import PredictionResult, Predictor
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``predict`` and ``localize`` (each with ``set_defaults(func=...)``)."""
     p = subparsers.add_parser(
         "predict", help="label probabilities (and Grad-CAM heatmaps) for image files",
@@ -36,7 +45,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="model file (.safetensors written by cxr train)")
     p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE|FOLDER",
                    help="image files and/or folders (searched recursively)")
-    p.add_argument("--format", choices=("text", "json", "csv"), default="text",
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default="text",
                    help="output format (default: %(default)s)")
     p.add_argument("--out", type=Path, help="write the output to this file (default: stdout)")
     p.add_argument("--explain", type=Path, metavar="OUTDIR",
@@ -50,11 +59,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: mean over original, mirror and 4 small shifts")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="forward-pass precision; auto = bf16 on a GPU, fp32 on the CPU "
-                        "(default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device(p)
+    add_precision(p)
+    add_progress(p)
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser(
@@ -80,25 +87,17 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="also write localization.json and localization.csv here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--batch-size", type=int, default=16, help="maps per batch (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device(p)
+    add_progress(p)
     p.set_defaults(func=run_localize)
-
-
-def _error(command: str, message: object) -> int:
-    print(f"cxr {command}: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _names(text: str | None) -> list[str] | None:
-    return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
 
 
-def _write_explanations(predictor, result, out_dir: Path, labels, top_k: int, method: str) -> int:
+def _write_explanations(predictor: Predictor, result: PredictionResult, out_dir: Path,
+                        labels: list[str] | None, top_k: int, method: str) -> int:
     from cxr.explain import explain, save_explanation_png
 
     written, used = 0, set()
@@ -119,40 +118,39 @@ def _write_explanations(predictor, result, out_dir: Path, labels, top_k: int, me
 def run_predict(args: argparse.Namespace) -> int:
     """``cxr predict``: returns the exit code."""
     from cxr.images import ImageReadError
-    from cxr.modelfile import ModelFileError
-    from cxr.predict import Predictor
+    from cxr.inference import Predictor
 
     if args.batch_size < 1:
-        return _error("predict", f"--batch-size must be 1 or more, got {args.batch_size}")
+        raise CLIError(f"--batch-size must be 1 or more, got {args.batch_size}")
     try:
         predictor = Predictor(args.model, device=args.device, tta=args.tta,
                               batch_size=args.batch_size, precision=args.precision)
-    except (ModelFileError, ValueError, TypeError, RuntimeError) as err:
-        return _error("predict", err)
-    labels = _names(args.explain_labels)
+    except RuntimeError as err:  # e.g. a CUDA device on a machine without one
+        raise CLIError(str(err)) from None
+    labels = parse_list(args.explain_labels, "--explain-labels")
     if args.explain is not None:
         n = len(predictor.labels)
         unknown = [x for x in labels or () if x not in predictor.labels]
         if unknown:
-            return _error("predict", f"--explain-labels {unknown} are not labels of the model; it "
-                                     f"has {', '.join(predictor.labels)}")
+            raise CLIError(f"--explain-labels {unknown} are not labels of the model; it "
+                           f"has {', '.join(predictor.labels)}")
         if labels is None and not 1 <= args.top_k <= n:
-            return _error("predict", f"--top-k must be from 1 to {n} (the model's labels), "
-                                     f"got {args.top_k}")
+            raise CLIError(f"--top-k must be from 1 to {n} (the model's labels), "
+                           f"got {args.top_k}")
     for path in args.inputs:
         if path.is_dir() and not any(path.iterdir()):
-            return _error("predict", f"folder {path} is empty; give image files or folders of images")
+            raise CLIError(f"folder {path} is empty; give image files or folders of images")
     result = predictor.predict_images(args.inputs, progress=not args.no_progress)
     if not result.items:
-        return _error("predict", "no image files found in " + ", ".join(map(str, args.inputs))
-                      + " (PNG, JPEG or DICOM)")
+        raise CLIError("no image files found in " + ", ".join(map(str, args.inputs))
+                       + " (PNG, JPEG or DICOM)")
     text = result.render(args.format)
     if args.out is not None:
         try:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text, encoding="utf-8")
         except OSError as err:
-            return _error("predict", f"cannot write --out {args.out}: {err}")
+            raise CLIError(f"cannot write --out {args.out}: {err}") from None
         print(f"wrote {args.format} predictions of {len(result.predicted)} image(s) to {args.out}",
               file=sys.stderr)
     else:
@@ -166,27 +164,23 @@ def run_predict(args: argparse.Namespace) -> int:
             count = _write_explanations(predictor, result, args.explain, labels, args.top_k,
                                         args.method)
         except (OSError, ImageReadError) as err:
-            return _error("predict", f"cannot write explanations to {args.explain}: {err}")
+            raise CLIError(f"cannot write explanations to {args.explain}: {err}") from None
         print(f"wrote {count} explanation PNG(s) ({args.method}) to {args.explain}",
               file=sys.stderr)
-    return EXIT_OK if result.all_succeeded else EXIT_SKIPPED
+    return EXIT_OK if result.all_succeeded else EXIT_FOUND
 
 
 def run_localize(args: argparse.Namespace) -> int:
     """``cxr localize``: returns the exit code (0, or 2 on bad input)."""
     import json
 
-    from cxr.localization import localization_report
-    from cxr.modelfile import ModelFileError
+    from cxr.evaluation.localization import localization_report
 
-    try:
-        report = localization_report(args.model, args.source, labels=_names(args.labels),
-                                     method=args.method, boxes=args.boxes,
-                                     threshold=args.threshold, tolerance=args.tolerance,
-                                     batch_size=args.batch_size,
-                                     device=args.device, progress=not args.no_progress)
-    except (ModelFileError, ValueError, TypeError, OSError) as err:
-        return _error("localize", err)
+    report = localization_report(args.model, args.source,
+                                 labels=parse_list(args.labels, "--labels"),
+                                 method=args.method, boxes=args.boxes, threshold=args.threshold,
+                                 tolerance=args.tolerance, batch_size=args.batch_size,
+                                 device=args.device, progress=not args.no_progress)
     if args.json:
         data = report.to_dict()
         data.pop("records")  # per image: in localization.csv with --out

@@ -3,7 +3,7 @@ diagram, AUC differences.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
 backend switch, safe in threads and on machines without a display). Each function
-returns the PNG file content; :mod:`cxr.report` writes and embeds them. Every figure
+returns the PNG file content; :mod:`cxr.evaluation.report` writes and embeds them. Every figure
 carries the research-use notice in its footer.
 """
 
@@ -17,8 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxr import RESEARCH_NOTICE
-from cxr.evaluate import ComparisonRow, LabelCurves
-from cxr.metrics import ReliabilityBins
+from cxr.evaluation.comparison import ComparisonRow
+from cxr.evaluation.scoring import LabelCurves
+from cxr.evaluation.metrics import ReliabilityBins
 
 DPI = 110
 

@@ -12,15 +12,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from cxr.training.config import (
-    LOSSES,
-    OPTIMIZERS,
-    POOLS,
-    PRECISIONS,
-    SCHEDULES,
-    AugmentConfig,
-    TrainConfig,
-)
+from cxr.choices import DEVICE_HELP, POOLS, PRECISIONS
+from cxr.cli._common import EXIT_OK, CLIError, parse_list
+from cxr.training.config import LOSSES, OPTIMIZERS, SCHEDULES, AugmentConfig, TrainConfig
 
 _HELP = {
     "backbone": "backbone from the registry: densenet121 (default), densenet169, densenet201, "
@@ -46,7 +40,7 @@ _HELP = {
     "ema_decay": "keep an EMA of the weights with this decay and validate/save it (0 = off)",
     "early_stopping": "stop a phase after this many epochs without a better val AUC (0 = off)",
     "precision": f"one of {', '.join(PRECISIONS)} (mixed precision with autocast)",
-    "device": "auto (the GPU when there is one), cpu, cuda, cuda:1, ...",
+    "device": DEVICE_HELP,
     "loader_threads": "batches read ahead from the cache",
     "deterministic": "deterministic cuDNN kernels (slower on GPU; CPU runs repeat exactly for the same seed and CPU thread count)",
 }
@@ -75,7 +69,7 @@ def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
             p.add_argument(_flag(dest), dest=dest, type=kind, default=None, help=text)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``cxr train`` on the top-level sub-command parser."""
     p = sub.add_parser(
         "train", help="train a model on prepared caches (two phases, best val AUC kept)",
@@ -107,13 +101,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if value is None or f.name == "augment":
             continue
         if f.name in ("hidden", "labels"):
-            value = tuple(v.strip() for v in value.split(",") if v.strip())
+            value = tuple(parse_list(value, _flag(f.name)) or ())
             if f.name == "hidden":
                 try:
                     value = tuple(int(v) for v in value)
                 except ValueError:
-                    raise ValueError(f"--hidden: {args.hidden!r} is not a list of widths "
-                                     "like 512,128") from None
+                    raise CLIError(f"--hidden: {args.hidden!r} is not a list of widths "
+                                   "like 512,128") from None
         changes[f.name] = value
     aug = {f.name: getattr(args, "augment_" + f.name) for f in dataclasses.fields(AugmentConfig)
            if getattr(args, "augment_" + f.name, None) is not None}
@@ -128,16 +122,18 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         given = [n for n in ("train_cache", "val_cache", "config", "out") if getattr(args, n)]
         if given:
-            raise ValueError(f"--resume continues a run with its saved settings; drop {given}")
+            raise CLIError("--resume continues a run with its saved settings; drop "
+                           + ", ".join(_flag(n) if n in ("config", "out") else n.upper()
+                                       for n in given))
         result = resume(args.resume, progress=not args.no_progress)
     else:
         if args.train_cache is None or args.val_cache is None:
-            raise ValueError("give TRAIN_CACHE and VAL_CACHE (folders made by `cxr prepare`), "
-                             "or --resume RUN")
+            raise CLIError("give TRAIN_CACHE and VAL_CACHE (folders made by `cxr prepare`), "
+                           "or --resume RUN")
         config = config_from_args(args)
         out = args.out or Path("runs") / config.backbone
         result = train(config, args.train_cache, args.val_cache, out,
                        overwrite=args.overwrite, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # one summary from a torchrun job
         print(run_summary(result))
-    return 0
+    return EXIT_OK

@@ -24,8 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cxr import RESEARCH_NOTICE
-from cxr.evaluate import NO_THRESHOLDS, ComparisonReport, EvaluationReport, LabelCurves, fmt
-from cxr.plots import auc_diff_png, pr_all_png, reliability_png, roc_all_png, roc_png
+from cxr.evaluation.comparison import ComparisonReport
+from cxr.evaluation.scoring import NO_THRESHOLDS, EvaluationReport, LabelCurves, fmt
+from cxr.evaluation.plots import auc_diff_png, pr_all_png, reliability_png, roc_all_png, roc_png
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;

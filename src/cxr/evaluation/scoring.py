@@ -12,8 +12,7 @@ prediction, skipped for that label) and returns an :class:`EvaluationReport`:
   micro AUC (all known label cells pooled), macro average precision (same labels as the
   macro AUC), pooled ECE and reliability bins.
 
-:func:`compare` tests, label by label, whether two predictors on the same images differ in
-AUC (DeLong), with a paired patient-bootstrap CI of the difference.
+Comparisons of two predictors are in :mod:`cxr.evaluation.comparison`.
 """
 
 from __future__ import annotations
@@ -25,28 +24,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cxr import RESEARCH_NOTICE, __version__
-from cxr.metrics import (
+from cxr.evaluation.metrics import (
     OperatingPoint,
     ReliabilityBins,
     average_precision,
-    bootstrap_auc_ci_many,
-    bootstrap_auc_diff_ci,
     confusion_at,
-    delong_test,
     expected_calibration_error,
     precision_recall_curve,
     reliability_bins,
     roc_auc,
     roc_curve,
 )
-from cxr.thresholds import Thresholds, choose_thresholds
+from cxr.evaluation.significance import bootstrap_auc_ci_many
+from cxr.evaluation.thresholds import Thresholds, choose_thresholds
 
 NO_THRESHOLDS = ("no thresholds chosen on validation data were given, so sensitivity, specificity, "
                  "PPV, NPV and F1 are not reported (a test set never picks its own thresholds)")
 _OP_KEYS = ("threshold", "tp", "fp", "tn", "fn", "sensitivity", "specificity", "ppv", "npv", "f1")
 
 
-def _clean(value):
+def json_safe(value):
     """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
     if isinstance(value, (np.floating, float)):
         return None if not math.isfinite(float(value)) else float(value)
@@ -114,13 +111,13 @@ class LabelResult:
         op = self.operating.to_dict() if self.operating else {}
         out.update({k: op.get(k) for k in _OP_KEYS})
         out["note"] = self.note
-        return {k: _clean(v) for k, v in out.items()}
+        return {k: json_safe(v) for k, v in out.items()}
 
 
 @dataclass
 class EvaluationReport:
     """Per-label results and the summary. ``to_dict()`` keys are stable (absent values
-    are null); ``curves`` and ``reliability`` feed the figures (:mod:`cxr.report`)."""
+    are null); ``curves`` and ``reliability`` feed the figures (:mod:`cxr.evaluation.report`)."""
 
     labels: list[LabelResult]
     macro_auc: float
@@ -149,7 +146,7 @@ class EvaluationReport:
             "research_notice": RESEARCH_NOTICE,
             "cxr_version": __version__,
             "sources": dict(self.sources),
-            "summary": {k: _clean(v) for k, v in {
+            "summary": {k: json_safe(v) for k, v in {
                 "n_images": self.n_images, "n_patients": self.n_patients, "n_labels": len(self.labels),
                 "macro_auc": self.macro_auc, "macro_auc_n_labels": len(self.macro_auc_labels),
                 "micro_auc": self.micro_auc, "macro_average_precision": self.macro_average_precision,
@@ -162,6 +159,32 @@ class EvaluationReport:
             "settings": dict(self.settings),
             "notes": list(self.notes),
         }
+
+    def to_text(self) -> str:
+        """The per-label table and the summary, as ``cxr evaluate`` prints them."""
+        pct = round(100 * (1 - self.settings.get("alpha", 0.05)))
+        has_op = any(r.operating is not None for r in self.labels)
+        lines = [RESEARCH_NOTICE,
+                 f"{self.n_images} images of {self.n_patients} patients; labels from "
+                 f"{self.sources.get('labels', '?')}",
+                 f"{'label':<20} {'n':>6} {'pos':>5}  {'AUC':>6}  {pct}% CI"
+                 + (f"          {'thresh':>6} {'sens':>5} {'spec':>5}" if has_op else "")]
+        for r in self.labels:
+            line = (f"{r.name:<20} {r.n:>6} {r.n_positive:>5}  {fmt(r.auc, 4):>6}  "
+                    f"{fmt(r.auc_ci_low)}-{fmt(r.auc_ci_high)}")
+            if r.operating is not None:
+                op = r.operating
+                line += (f"    {op.threshold:>6.3g} {fmt(op.sensitivity, 2):>5} "
+                         f"{fmt(op.specificity, 2):>5}")
+            lines.append(line)
+        left_out = "".join(f"; left out: {k} ({v})" for k, v in self.excluded.items())
+        lines += [f"macro AUC {fmt(self.macro_auc, 4)} over {len(self.macro_auc_labels)} labels"
+                  f"{left_out}",
+                  f"micro AUC {fmt(self.micro_auc, 4)}, macro AP "
+                  f"{fmt(self.macro_average_precision, 4)}, ECE {fmt(self.ece, 4)}",
+                  f"operating thresholds: {self.thresholds or NO_THRESHOLDS}"]
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
 
     def to_markdown(self) -> str:
         pct = round(100 * (1 - self.settings.get("alpha", 0.05)))
@@ -195,7 +218,7 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _check_inputs(labels, probs, names, patient_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def check_inputs(labels, probs, names, patient_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     labels = np.asarray(labels, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
     names = [str(n) for n in names]
@@ -231,7 +254,7 @@ def evaluate(
     metrics; ``n_bootstrap=0`` skips the CIs. ``notes`` and ``sources`` are carried into
     the report (e.g. the alignment notes and file names).
     """
-    labels, probs, patient_ids, extra = _check_inputs(labels, probs, names, patient_ids)
+    labels, probs, patient_ids, extra = check_inputs(labels, probs, names, patient_ids)
     names = [str(n) for n in names]
     usable = ~np.isnan(labels) & ~np.isnan(probs)
     masked = np.where(usable, labels, np.nan)
@@ -311,103 +334,3 @@ def evaluate_with_validation(
     :func:`evaluate`. Returns the report and the thresholds applied."""
     chosen = choose_thresholds(val_labels, val_probs, names, method, target, source=val_source)
     return evaluate(test_labels, test_probs, names, test_patient_ids, thresholds=chosen, **options), chosen
-
-
-# comparison ---------------------------------------------------------------------------
-@dataclass
-class ComparisonRow:
-    """AUC of A and B on one label's images, their difference (A - B), DeLong z and
-    two-sided p-value, and the paired patient-bootstrap CI of the difference."""
-
-    name: str
-    n: int
-    n_positive: int
-    auc_a: float = math.nan
-    auc_b: float = math.nan
-    diff: float = math.nan
-    se: float = math.nan
-    z: float = math.nan
-    p_value: float = math.nan
-    diff_ci_low: float = math.nan
-    diff_ci_high: float = math.nan
-    note: str = ""
-
-    def to_dict(self) -> dict:
-        return {("label" if k == "name" else k): _clean(v) for k, v in self.__dict__.items()}
-
-
-@dataclass
-class ComparisonReport:
-    """Per-label comparison of predictors A and B on the same images."""
-
-    rows: list[ComparisonRow]
-    model_names: tuple[str, str]
-    n_images: int
-    settings: dict
-    notes: list[str] = field(default_factory=list)
-    sources: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def compared(self) -> list[ComparisonRow]:
-        return [r for r in self.rows if not math.isnan(r.diff)]
-
-    def macro(self) -> tuple[float, float]:
-        rows = self.compared
-        if not rows:
-            return math.nan, math.nan
-        return float(np.mean([r.auc_a for r in rows])), float(np.mean([r.auc_b for r in rows]))
-
-    def to_dict(self) -> dict:
-        a, b = self.macro()
-        return {"research_notice": RESEARCH_NOTICE, "cxr_version": __version__, "sources": dict(self.sources),
-                "models": list(self.model_names), "n_images": self.n_images,
-                "summary": {"macro_auc_a": _clean(a), "macro_auc_b": _clean(b), "macro_diff": _clean(a - b),
-                            "n_labels": len(self.compared)},
-                "labels": [r.to_dict() for r in self.rows], "settings": dict(self.settings),
-                "notes": list(self.notes)}
-
-    def to_markdown(self) -> str:
-        a, b = self.model_names
-        ma, mb = self.macro()
-        pct = round(100 * (1 - self.settings.get("alpha", 0.05)))
-        lines = [f"# cxr comparison: {a} vs {b}", "", f"> **{RESEARCH_NOTICE}**", ""]
-        lines += [f"- {k}: {v}" for k, v in self.sources.items()]
-        lines += [(f"- images: {self.n_images}; macro AUC {a} {fmt(ma)}, {b} {fmt(mb)}, difference "
-                  f"{fmt(ma - mb)} over {len(self.compared)} labels"), "",
-                  (f"| label | n | positives | AUC {a} | AUC {b} | difference | {pct}% CI (bootstrap) | DeLong z "
-                  "| p-value |"), "|---" * 9 + "|"]
-        for r in self.rows:
-            lines.append(f"| {r.name} | {r.n} | {r.n_positive} | {fmt(r.auc_a)} | {fmt(r.auc_b)} | {fmt(r.diff)} "
-                         f"| {fmt(r.diff_ci_low)} to {fmt(r.diff_ci_high)} | {fmt(r.z, 2)} | {fmt(r.p_value, 4)} |")
-        notes = [f"{r.name}: {r.note}" for r in self.rows if r.note] + list(self.notes)
-        lines += ["", "p-values are per label, two-sided, not adjusted for the number of labels compared.", ""]
-        return "\n".join(lines + [f"- {n}" for n in notes] + [""])
-
-
-def compare(
-    labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, names: Sequence[str],
-    patient_ids: np.ndarray | None = None, n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
-    model_names: tuple[str, str] = ("A", "B"), notes: Sequence[str] = (), sources: Mapping[str, str] | None = None,
-) -> ComparisonReport:
-    """Per-label AUC(A) - AUC(B) on the images where the label and both predictions are
-    known: DeLong test plus a paired patient-bootstrap CI (``n_bootstrap=0`` skips it).
-    Arrays are (N, L); ``patient_ids`` (N,)."""
-    labels, probs_a, patient_ids, extra = _check_inputs(labels, probs_a, names, patient_ids)
-    _, probs_b, _, _ = _check_inputs(labels, probs_b, names, patient_ids)
-    rows = []
-    for j, name in enumerate(names):
-        ok = ~np.isnan(labels[:, j]) & ~np.isnan(probs_a[:, j]) & ~np.isnan(probs_b[:, j])
-        y = labels[ok, j]
-        row = ComparisonRow(str(name), int(ok.sum()), int(y.sum()))
-        if row.n_positive == 0 or row.n_positive == row.n:
-            row.note = f"not compared: {row.n_positive} positive of {row.n} images, AUC undefined"
-        else:
-            d = delong_test(y, probs_a[ok, j], probs_b[ok, j])
-            row.auc_a, row.auc_b, row.diff, row.se, row.z, row.p_value = d.auc1, d.auc2, d.diff, d.se, d.z, d.p_value
-            if n_bootstrap:
-                ci = bootstrap_auc_diff_ci(y, probs_a[ok, j], probs_b[ok, j], patient_ids[ok], n_bootstrap, seed, alpha)
-                row.diff_ci_low, row.diff_ci_high = ci.low, ci.high
-        rows.append(row)
-    return ComparisonReport(rows, (str(model_names[0]), str(model_names[1])), len(labels),
-                            {"n_bootstrap": int(n_bootstrap), "seed": int(seed), "alpha": float(alpha)},
-                            extra + list(notes), dict(sources or {}))

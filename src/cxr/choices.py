@@ -1,0 +1,35 @@
+"""Named choices shared by the library, the configs and the command line.
+
+One definition of each set of allowed values. This module imports nothing heavy (no
+torch, numpy or pandas), so that building the ``cxr`` argument parser stays quick.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CAM_METHODS",
+    "DATASET_FORMATS",
+    "DEVICE_HELP",
+    "FIT_MODES",
+    "OUTPUT_FORMATS",
+    "POOLS",
+    "PRECISIONS",
+    "THRESHOLD_METHODS",
+]
+
+#: Head pooling layers: global average or generalised mean (GeM).
+POOLS: tuple[str, ...] = ("avg", "gem")
+#: Floating-point precisions of a forward pass (autocast for bf16 and fp16).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: How an image is fitted into the model's square: pad the short side, or crop the long.
+FIT_MODES: tuple[str, ...] = ("pad", "crop")
+#: Dataset formats :func:`cxr.datasets.load_dataset` reads.
+DATASET_FORMATS: tuple[str, ...] = ("nih", "chexpert", "csv", "folders", "list")
+#: Heatmap methods of :mod:`cxr.explain`.
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
+#: How operating thresholds are chosen on validation data (:mod:`cxr.evaluation.thresholds`).
+THRESHOLD_METHODS: tuple[str, ...] = ("youden", "sensitivity")
+#: Output formats of prediction results.
+OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "csv")
+#: What a ``device`` setting may name.
+DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda, cuda:1, ..."

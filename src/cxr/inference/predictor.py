@@ -1,0 +1,223 @@
+"""Predicting labels for image files (PNG, JPEG, DICOM) with a saved model.
+
+Every image is preprocessed exactly as the training cache was, by the model's
+:class:`~cxr.preprocessing.Preprocessing` record (size and fit from the model file):
+``Preprocessing.load(path)`` gives uint8 (S, S); a :class:`~cxr.inference.backends.Backend`
+turns uint8 (B, S, S) into probabilities (B, L). Test-time augmentation (``tta=True``)
+averages the probabilities of the six views of :mod:`cxr.inference.tta`.
+
+Unreadable files are not fatal: each is reported by name with its reason and skipped;
+:attr:`PredictionResult.all_succeeded` says whether every image was predicted.
+Research use only: the outputs are not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr.images import ImageReadError
+from cxr.inference.backends import Backend, open_backend
+from cxr.inference.files import list_images
+from cxr.inference.results import ImagePrediction, PredictionResult
+from cxr.inference.tta import tta_shift, tta_views
+
+if TYPE_CHECKING:
+    import torch
+
+    from cxr.evaluation.thresholds import Thresholds
+    from cxr.modelfile import LoadedModel
+
+__all__ = ["Predictor", "predict_images"]
+
+_PathLike = str | os.PathLike[str]
+
+
+# the predictor -----------------------------------------------------------------------------
+class Predictor:
+    """A model ready to predict files, folders, prepared caches or preprocessed arrays.
+
+    Args:
+        model: a model file path (loaded and verified), a :class:`LoadedModel`, or a
+            :class:`~cxr.inference.backends.Backend`.
+        device: torch device for the model (``"auto"`` = the GPU when there is one).
+        tta: average over the six test-time views (:mod:`cxr.inference.tta`).
+        batch_size: images per forward pass (each of the six TTA views is one pass).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass;
+            ``"auto"`` = bf16 on a GPU, fp32 on the CPU. Probabilities are float32 either way.
+        channels_last: run the model in channels-last memory format (faster on GPUs and,
+            measured, on the CPU too; the same numbers up to rounding).
+        backend: which runtime runs the network (:data:`~cxr.inference.backends.BACKENDS`).
+    """
+
+    def __init__(self, model: LoadedModel | _PathLike | Backend,
+                 device: str | torch.device = "cpu", tta: bool = False, batch_size: int = 32,
+                 precision: str = "auto", channels_last: bool = True,
+                 backend: str = "torch") -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.backend = open_backend(model, backend, device=device, precision=precision,
+                                    channels_last=channels_last)
+        self.spec = self.backend.spec
+        self.preprocessing = self.spec.preprocessing
+        self.labels = self.spec.labels
+        self.thresholds = dict(self.backend.thresholds)
+        self.fit = self.preprocessing.fit
+        self.size = self.preprocessing.size
+        self.tta = bool(tta)
+        self.batch_size = batch_size
+
+    @property
+    def path(self) -> Path:
+        """The model file."""
+        return self.backend.path
+
+    @property
+    def precision(self) -> str:
+        """The forward pass's precision (``fp32``, ``bf16``, ``fp16``)."""
+        return str(getattr(self.backend, "precision", "fp32"))
+
+    @property
+    def channels_last(self) -> bool:
+        return bool(getattr(self.backend, "channels_last", False))
+
+    @property
+    def model(self) -> Any:
+        """The torch model (:class:`~cxr.models.ChestClassifier`), for Grad-CAM; only the
+        torch backend has one."""
+        model = getattr(self.backend, "model", None)
+        if model is None:
+            raise ValueError(f"the {self.backend.name} backend has no torch model; load "
+                             f"{self.path} with backend='torch' for Grad-CAM")
+        return model
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The loaded model file (torch backend)."""
+        loaded = getattr(self.backend, "loaded", None)
+        if loaded is None:
+            raise ValueError(f"the {self.backend.name} backend has no loaded torch model")
+        return loaded
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "backbone": self.spec.backbone,
+                "input_size": self.size, "fit": self.fit, "tta": self.tta,
+                **self.backend.describe(),
+                "tta_views": (f"original, mirror, shifts of {tta_shift(self.size)} px "
+                              "right/left/down/up" if self.tta else "original only")}
+
+    def preprocess(self, path: _PathLike) -> np.ndarray:
+        """uint8 (S, S): the file as training saw it (raises ImageReadError)."""
+        return self.preprocessing.load(path)
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities float32 (B, L) of preprocessed images uint8 (B, S, S), S = the
+        model's input size (as :meth:`preprocess` or a prepared cache gives them)."""
+        images = self.preprocessing.check_pixels(images)
+        out = [self.probabilities(np.ascontiguousarray(images[start : start + self.batch_size]))
+               for start in range(0, len(images), self.batch_size)]
+        return self.backend.to_numpy(out)
+
+    def probabilities(self, pixels: Any) -> Any:
+        """float32 (B, L) probabilities of uint8 pixels (B, S, S), averaged over the TTA
+        views when TTA is on, in the backend's array type (a torch tensor on the model's
+        device for the torch backend)."""
+        if not self.tta:
+            return self.backend.probabilities(pixels)
+        return self.backend.mean([self.backend.probabilities(v) for v in tta_views(pixels)])
+
+    def predict_cache(self, cache: Any, progress: bool = False) -> np.ndarray:
+        """Probabilities float32 (N, L) of every image of a prepared cache (a
+        :class:`~cxr.cache.PreparedCache` or its folder), in cache order; the cache's side
+        and fit must be the model's."""
+        from tqdm.auto import tqdm
+
+        from cxr.cache import PreparedCache
+
+        cache = cache if isinstance(cache, PreparedCache) else PreparedCache(cache)
+        if cache.size != self.size:
+            raise ValueError(f"the cache {cache.path} holds {cache.size}px images but the model "
+                             f"{self.path} takes {self.size}px; prepare the data with "
+                             f"--size {self.size}")
+        if cache.fit != self.fit:
+            raise ValueError(f"the cache {cache.path} was prepared with --fit {cache.fit} but the "
+                             f"model was trained on --fit {self.fit}; prepare it again with "
+                             f"--fit {self.fit}")
+        from cxr.training.loader import CacheBatches
+
+        # read ahead in a thread into pinned memory; the probabilities stay on the device
+        # until the end, so nothing waits for the GPU between batches
+        device = getattr(self.backend, "device", None)
+        batches = CacheBatches(cache, self.batch_size, shuffle=False,
+                               pin_memory=device is not None and device.type == "cuda", prefetch=2)
+        out = []
+        with tqdm(total=len(cache), unit="img", desc="predict", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for pixels, _ in batches:
+                out.append(self.probabilities(pixels))
+                bar.update(len(pixels))
+        return self.backend.to_numpy(out)
+
+    def predict_paths(self, paths: Sequence[_PathLike], progress: bool = False
+                      ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+        """Probabilities float32 (N, L) of the N files in order (e.g. a dataset's image
+        paths), in batches; a file that cannot be read gets a row of NaN and an entry
+        row -> (reason, detail)."""
+        from tqdm.auto import tqdm
+
+        probs = np.full((len(paths), len(self.labels)), np.nan, dtype=np.float32)
+        failed: dict[int, tuple[str, str]] = {}
+        with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(paths), self.batch_size):
+                rows, arrays = [], []
+                for i in range(start, min(start + self.batch_size, len(paths))):
+                    try:
+                        arrays.append(self.preprocess(paths[i]))
+                        rows.append(i)
+                    except ImageReadError as err:
+                        failed[i] = (err.reason, err.detail)
+                    except (OSError, ValueError, RuntimeError) as err:
+                        failed[i] = ("unreadable", f"{type(err).__name__}: {err}")
+                if arrays:
+                    probs[rows] = self.predict_arrays(np.stack(arrays))
+                bar.update(min(self.batch_size, len(paths) - start))
+        return probs, failed
+
+    def predict_images(self, paths: Iterable[_PathLike] | _PathLike,
+                       progress: bool = False) -> PredictionResult:
+        """Predict files and folders (expanded by :func:`list_images`), in batches.
+
+        Files that cannot be decoded are skipped with their reason; the result lists them.
+        """
+        ignored: list[Path] = []
+        files = list_images(paths, ignored)
+        result = PredictionResult(self.labels, self.thresholds, model=self.describe())
+        if ignored:
+            result.notes.append(f"{len(ignored)} non-image file(s) in the folders were ignored "
+                                f"(e.g. {ignored[0]})")
+        probs, failed = self.predict_paths(files, progress)
+        result.items = [ImagePrediction(str(f), None, *failed[i]) if i in failed
+                        else ImagePrediction(str(f), probs[i]) for i, f in enumerate(files)]
+        return result
+
+    def stored_thresholds(self) -> Thresholds | None:
+        """The model file's thresholds as a :class:`~cxr.evaluation.thresholds.Thresholds` record
+        (chosen on validation data by ``cxr train``, Youden's J), or None if it has none."""
+        from cxr.evaluation.thresholds import Thresholds
+
+        if not self.thresholds:
+            return None
+        return Thresholds(self.thresholds, method="youden",
+                          source=f"the validation data of {self.path} (stored in the model file)")
+
+
+def predict_images(model: LoadedModel | _PathLike, paths: Sequence[_PathLike], *,
+                   device: str = "cpu", tta: bool = False, batch_size: int = 32,
+                   progress: bool = False) -> PredictionResult:
+    """Shortcut: ``Predictor(model, device, tta, batch_size).predict_images(paths, progress)``."""
+    return Predictor(model, device, tta, batch_size).predict_images(paths, progress)

@@ -1,0 +1,168 @@
+"""The records a prediction produces: one per file, and the whole result with its renderings.
+
+Research use only: the outputs are not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cxr import RESEARCH_NOTICE
+
+__all__ = ["ImagePrediction", "PredictionResult"]
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """One input file: probabilities float32 (L,) in model label order, or why it failed
+    (``reason``: an :class:`~cxr.images.ImageReadError` reason, ``detail``: free text)."""
+
+    path: str
+    probabilities: np.ndarray | None = None
+    reason: str = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.probabilities is not None
+
+
+@dataclass
+class PredictionResult:
+    """Predictions of a set of files, in input order, with the model's labels and thresholds."""
+
+    labels: tuple[str, ...]
+    thresholds: dict[str, float]
+    items: list[ImagePrediction] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def predicted(self) -> list[ImagePrediction]:
+        return [it for it in self.items if it.ok]
+
+    @property
+    def skipped(self) -> list[ImagePrediction]:
+        return [it for it in self.items if not it.ok]
+
+    @property
+    def all_succeeded(self) -> bool:
+        return bool(self.items) and not self.skipped
+
+    @property
+    def paths(self) -> list[str]:
+        """Paths of the predicted images."""
+        return [it.path for it in self.predicted]
+
+    @property
+    def probs(self) -> np.ndarray:
+        """float32 (N, L) probabilities of the predicted images."""
+        rows = [it.probabilities for it in self.predicted]
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, len(self.labels)), np.float32)
+
+    def above(self, probabilities: np.ndarray) -> list[bool | None]:
+        """Per label: probability >= its stored threshold, None where none is stored."""
+        return [None if n not in self.thresholds else bool(p >= self.thresholds[n])
+                for n, p in zip(self.labels, probabilities)]
+
+    def headline(self, probabilities: np.ndarray) -> str:
+        """``"Top finding: Effusion 0.91 (above threshold 0.42)"`` (3 decimals where 2 would
+        show the probability and the threshold alike)."""
+        i = int(np.argmax(probabilities))
+        name, p = self.labels[i], float(probabilities[i])
+        if name not in self.thresholds:
+            return f"Top finding: {name} {p:.2f} (no threshold stored)"
+        t = self.thresholds[name]
+        digits = 2 if f"{p:.2f}" != f"{t:.2f}" else 3  # never "0.97 (above threshold 0.97)"
+        side = "above" if p >= t else "below"
+        return f"Top finding: {name} {p:.{digits}f} ({side} threshold {t:.{digits}f})"
+
+    def _image_dict(self, it: ImagePrediction) -> dict[str, Any]:
+        p = it.probabilities
+        flags = self.above(p)
+        i = int(np.argmax(p))
+        return {"path": it.path,
+                "probabilities": {n: float(v) for n, v in zip(self.labels, p)},
+                "above_threshold": [n for n, f in zip(self.labels, flags) if f],
+                "top_finding": {"label": self.labels[i], "probability": float(p[i]),
+                                "threshold": self.thresholds.get(self.labels[i]),
+                                "above_threshold": flags[i]}}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"notice": RESEARCH_NOTICE, "model": dict(self.model), "labels": list(self.labels),
+                "thresholds": dict(self.thresholds),
+                "images": [self._image_dict(it) for it in self.predicted],
+                "skipped": [{"path": it.path, "reason": it.reason, "detail": it.detail}
+                            for it in self.skipped],
+                "n_predicted": len(self.predicted), "n_skipped": len(self.skipped),
+                "notes": list(self.notes)}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_csv(self) -> str:
+        """CSV text: ``Image Index``, ``prob_<Label>`` per label (the layout of
+        :func:`cxr.evaluation.predictions.write_predictions`, readable by ``cxr evaluate``), then
+        ``above_<Label>`` (1/0, empty when no threshold is stored) and ``notice`` (the
+        research-use notice). Skipped images have no row."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["Image Index", *(f"prob_{n}" for n in self.labels),
+                    *(f"above_{n}" for n in self.labels), "notice"])
+        for it in self.predicted:
+            flags = ["" if f is None else int(f) for f in self.above(it.probabilities)]
+            w.writerow([it.path, *(f"{float(v):.9g}" for v in it.probabilities), *flags,
+                        RESEARCH_NOTICE])
+        return buf.getvalue()
+
+    def to_text(self) -> str:
+        """Per image: headline, all labels ranked by probability (``*`` marks those at or
+        above the stored threshold), then the skipped files and the research notice."""
+        lines = [RESEARCH_NOTICE]
+        m = self.model
+        if m:
+            lines.append(f"model: {m.get('path', '?')} ({m.get('backbone', '?')}, "
+                         f"{m.get('input_size', '?')} px, fit {m.get('fit', '?')}, "
+                         f"TTA {'on' if m.get('tta') else 'off'})")
+        missing = [n for n in self.labels if n not in self.thresholds]
+        width = max(len("label"), *(len(n) for n in self.labels))
+        for it in self.predicted:
+            p = it.probabilities
+            flags = self.above(p)
+            lines += ["", it.path, "  " + self.headline(p)]
+            lines.append(f"  {'rank':>4}  {'label':<{width}}  {'prob':>6}  {'threshold':>9}  above")
+            for rank, i in enumerate(np.argsort(-p, kind="stable"), start=1):
+                name = self.labels[i]
+                t = self.thresholds.get(name)
+                mark = "-" if flags[i] is None else ("*" if flags[i] else "")
+                tt = "none" if t is None else f"{t:.3f}"
+                lines.append(f"  {rank:>4}  {name:<{width}}  {p[i]:>6.3f}  {tt:>9}  {mark}")
+        if self.predicted:
+            lines.append("")
+            lines.append("* = probability at or above the model's stored threshold"
+                         + (f"; - = no threshold stored ({', '.join(missing)})" if missing else ""))
+        if self.skipped:
+            lines += ["", f"skipped {len(self.skipped)} file(s):"]
+            lines += [f"  {it.path}: {it.reason}: {it.detail}" for it in self.skipped]
+        lines += [f"note: {n}" for n in self.notes]
+        lines += ["", f"{len(self.predicted)} image(s) predicted, {len(self.skipped)} skipped. "
+                  + RESEARCH_NOTICE]
+        return "\n".join(lines) + "\n"
+
+    def render(self, format: str = "text") -> str:
+        """The result as ``text``, ``json`` or ``csv``."""
+        if format == "text":
+            return self.to_text()
+        if format == "json":
+            return self.to_json() + "\n"
+        if format == "csv":
+            return self.to_csv()
+        raise ValueError(f"format must be text, json or csv, got {format!r}")
+
+
