@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 $(BIN)/cxr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ install: $(BIN)/cxr
 demo: install
 	$(BIN)/cxr demo
 
-test: install
+# Lint and types: ruff (rules and line length in pyproject.toml), ruff's formatter, mypy on
+# src/cxr. Any finding fails `make lint`, and so `make test`.
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

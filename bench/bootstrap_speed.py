@@ -29,8 +29,10 @@ def main() -> None:
     cis = metrics.bootstrap_auc_ci_many(y, p, groups, n=args.resamples, seed=0)
     seconds = time.perf_counter() - start
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}")
-    print(f"{args.n} images, {args.labels} labels, {args.resamples} patient resamples: "
-          f"{seconds:.2f} s ({sum(ci.n_valid for ci in cis)} valid resamples)")
+    print(
+        f"{args.n} images, {args.labels} labels, {args.resamples} patient resamples: "
+        f"{seconds:.2f} s ({sum(ci.n_valid for ci in cis)} valid resamples)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def _times(fn, repeat: int, warmup: int = 3) -> np.ndarray:
 
 
 def _row(name: str, seconds: np.ndarray) -> str:
-    return (f"| {name} | {1000 * np.median(seconds):.0f} | {1000 * np.percentile(seconds, 95):.0f} "
-            f"| {len(seconds)} |")
+    return (
+        f"| {name} | {1000 * np.median(seconds):.0f} | {1000 * np.percentile(seconds, 95):.0f} "
+        f"| {len(seconds)} |"
+    )
 
 
 def _image(arg: str | None, tmp: Path) -> Path:
@@ -99,21 +101,37 @@ def main() -> None:
     try:
         image_path = _image(args.image, tmp)
         torch.manual_seed(0)
-        spec = ModelSpec(labels=cxr.NIH14_LABELS, backbone=args.backbone, preprocessing=Preprocessing(size=args.size))
+        spec = ModelSpec(
+            labels=cxr.NIH14_LABELS,
+            backbone=args.backbone,
+            preprocessing=Preprocessing(size=args.size),
+        )
         model_file = save_model(tmp / "model.safetensors", build_model(spec))
         predictor = Predictor(model_file, batch_size=32)
         image = predictor.preprocess(image_path)
         batch = np.repeat(image[None], 32, axis=0)
 
         rows = [
-            _row("file -> probabilities (decode, resize, forward)",
-                 _times(lambda: predictor.predict_arrays(predictor.preprocess(image_path)), args.repeat)),
-            _row("forward only (preprocessed image)",
-                 _times(lambda: predictor.predict_arrays(image), args.repeat)),
-            _row("forward + Grad-CAM of one label",
-                 _times(lambda: explain(predictor.model, image, labels=[spec.labels[0]]), args.repeat)),
+            _row(
+                "file -> probabilities (decode, resize, forward)",
+                _times(
+                    lambda: predictor.predict_arrays(predictor.preprocess(image_path)), args.repeat
+                ),
+            ),
+            _row(
+                "forward only (preprocessed image)",
+                _times(lambda: predictor.predict_arrays(image), args.repeat),
+            ),
+            _row(
+                "forward + Grad-CAM of one label",
+                _times(
+                    lambda: explain(predictor.model, image, labels=[spec.labels[0]]), args.repeat
+                ),
+            ),
         ]
-        batch_s = _times(lambda: predictor.predict_arrays(batch), max(3, args.repeat // 6), warmup=1)
+        batch_s = _times(
+            lambda: predictor.predict_arrays(batch), max(3, args.repeat // 6), warmup=1
+        )
         formats = {}
         for _ in range(3):
             for cl in (False, True):
@@ -126,22 +144,33 @@ def main() -> None:
         help_s = _wall([exe, "--help"], 5)
         full_s = _wall([exe, "predict", str(model_file), str(image_path), "--no-progress"], 5)
 
-        print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads; "
-              f"Python {platform.python_version()}, torch {torch.__version__}, cxr {cxr.__version__}")
-        print(f"Model: {args.backbone} ({sum(p.numel() for p in predictor.model.parameters()) / 1e6:.1f} M "
-              f"parameters), {args.size}x{args.size}, fp32, 14 labels; image {image_path.name} "
-              f"({'x'.join(map(str, _size(image_path)))})\n")
+        print(
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads; "
+            f"Python {platform.python_version()}, torch {torch.__version__}, cxr {cxr.__version__}"
+        )
+        print(
+            f"Model: {args.backbone} "
+            f"({sum(p.numel() for p in predictor.model.parameters()) / 1e6:.1f} M "
+            f"parameters), {args.size}x{args.size}, fp32, 14 labels; image {image_path.name} "
+            f"({'x'.join(map(str, _size(image_path)))})\n"
+        )
         print("| single image, model loaded | median (ms) | p95 (ms) | runs |")
         print("|---|---|---|---|")
         print("\n".join(rows))
-        print(f"\nbatch of 32 (preprocessed): {32 / np.median(batch_s):.1f} images/s "
-              f"(median of {len(batch_s)} batches)")
+        print(
+            f"\nbatch of 32 (preprocessed): {32 / np.median(batch_s):.1f} images/s "
+            f"(median of {len(batch_s)} batches)"
+        )
         for b in (1, 32):
             off, on = (np.median(formats[(cl, b)]) for cl in (False, True))
-            print(f"batch {b}: contiguous {off:.1f} img/s, channels-last {on:.1f} img/s "
-                  f"(median of 3 rounds; x{on / off:.2f})")
-        print(f"start-up: `cxr --help` {np.median(help_s):.2f} s; whole `cxr predict MODEL IMAGE` "
-              f"{np.median(full_s):.2f} s (median of 5 fresh processes)")
+            print(
+                f"batch {b}: contiguous {off:.1f} img/s, channels-last {on:.1f} img/s "
+                f"(median of 3 rounds; x{on / off:.2f})"
+            )
+        print(
+            f"start-up: `cxr --help` {np.median(help_s):.2f} s; whole `cxr predict MODEL IMAGE` "
+            f"{np.median(full_s):.2f} s (median of 5 fresh processes)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,4 +1,5 @@
-"""Inference images/s of cxr.inference.Predictor.predict_cache against the model-only ceiling (issue 6).
+"""Inference images/s of cxr.inference.Predictor.predict_cache against the model-only
+ceiling (issue 6).
 
 Usage (from the repository root; the full settings are for an H100):
     python bench/gpu_inference_throughput.py --backbone densenet121 --size 224 \
@@ -40,6 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from cxr.cache import PreparedCache
+from cxr.devices import resolve_device
+from cxr.inference import Predictor
+from cxr.modelfile import load_model, save_model
+from cxr.models import ModelSpec, Preprocessing, build_model
 from gpu_train_throughput import (  # bench/ is on sys.path when this file is run as a script
     TARGET,
     base_parser,
@@ -51,12 +58,6 @@ from gpu_train_throughput import (  # bench/ is on sys.path when this file is ru
     timed_rate,
 )
 
-from cxr.cache import PreparedCache
-from cxr.devices import resolve_device
-from cxr.inference import Predictor
-from cxr.modelfile import load_model, save_model
-from cxr.models import ModelSpec, Preprocessing, build_model
-
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -65,8 +66,9 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def ceiling_rate(args: argparse.Namespace, model_file: Path, device: torch.device,
-                 compiled: bool) -> float:
+def ceiling_rate(
+    args: argparse.Namespace, model_file: Path, device: torch.device, compiled: bool
+) -> float:
     model = load_model(model_file, device=device).model.eval()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -78,16 +80,28 @@ def ceiling_rate(args: argparse.Namespace, model_file: Path, device: torch.devic
         with torch.inference_mode(), autocast(device, args.precision):
             torch.sigmoid(forward(x).float())
 
-    return timed_rate(step, itertools.repeat((x, x)), args.batch_size, args.warmup, args.steps,
-                      device)
+    return timed_rate(
+        step, itertools.repeat((x, x)), args.batch_size, args.warmup, args.steps, device
+    )
 
 
-def predictor_rate(args: argparse.Namespace, model_file: Path, cache: PreparedCache,
-                   device: torch.device, outside: bool, compiled: bool) -> float:
+def predictor_rate(
+    args: argparse.Namespace,
+    model_file: Path,
+    cache: PreparedCache,
+    device: torch.device,
+    outside: bool,
+    compiled: bool,
+) -> float:
     """Best images/s of --repeats whole predict_cache passes; ``outside`` and ``compiled``
     replace predictor.model by its torch.compile'd self."""
-    predictor = Predictor(model_file, device=str(device), batch_size=args.batch_size,
-                          precision=args.precision, channels_last=args.channels_last)
+    predictor = Predictor(
+        model_file,
+        device=str(device),
+        batch_size=args.batch_size,
+        precision=args.precision,
+        channels_last=args.channels_last,
+    )
     if outside and compiled:
         predictor.model = torch.compile(predictor.model)
     n, b = len(cache), args.batch_size
@@ -113,24 +127,30 @@ def read_rate(cache: PreparedCache, batch_size: int) -> float:
     return len(cache) / (time.perf_counter() - start)
 
 
-def measure(results: list[dict], mode: str, name: str, ceiling: float,
-            run: Callable[[], float]) -> float:
+def measure(
+    results: list[dict], mode: str, name: str, ceiling: float, run: Callable[[], float]
+) -> float:
     """Run one measurement, print it and add it to ``results`` (the ceiling: ratio 1)."""
     print(f"{mode}: {name} ...", flush=True)
     rate = run()
     free_memory()
     ratio = 1.0 if name == "ceiling" else rate / ceiling
-    results.append({"compile": mode, "measure": name, "images_per_second": rate,
-                    "ratio_to_ceiling": ratio})
+    results.append(
+        {"compile": mode, "measure": name, "images_per_second": rate, "ratio_to_ceiling": ratio}
+    )
     print(f"  {rate:.1f} img/s ({ratio:.3f} of the ceiling)", flush=True)
     return rate
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = base_parser(__doc__, counts=(("--repeats", 2),))
-    ap.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
-                    help="torch.backends.cudnn.benchmark for every measurement (cxr's "
-                         "predict path leaves it at torch's default, off)")
+    ap.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch.backends.cudnn.benchmark for every measurement (cxr's "
+        "predict path leaves it at torch's default, off)",
+    )
     return ap.parse_args(argv)
 
 
@@ -138,56 +158,146 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    _, cache = phantom_cache(args.work_dir, args.n_images, args.unique, args.phantom_size,
-                             args.size, args.prepare_workers)
+    _, cache = phantom_cache(
+        args.work_dir,
+        args.n_images,
+        args.unique,
+        args.phantom_size,
+        args.size,
+        args.prepare_workers,
+    )
     model_file = args.work_dir / f"model-{args.backbone}-{args.size}px.safetensors"
     torch.manual_seed(0)
-    spec = ModelSpec(labels=tuple(cache.table.pathologies), backbone=args.backbone,
-                     preprocessing=Preprocessing(size=args.size))
+    spec = ModelSpec(
+        labels=tuple(cache.table.pathologies),
+        backbone=args.backbone,
+        preprocessing=Preprocessing(size=args.size),
+    )
     save_model(model_file, build_model(spec), training={"fit": cache.fit})
     print("cache read only ...", flush=True)
-    results = [{"compile": "-", "measure": "cache read only (no model)",
-                "images_per_second": read_rate(cache, args.batch_size), "ratio_to_ceiling": None}]
+    results = [
+        {
+            "compile": "-",
+            "measure": "cache read only (no model)",
+            "images_per_second": read_rate(cache, args.batch_size),
+            "ratio_to_ceiling": None,
+        }
+    ]
     print(f"  {results[0]['images_per_second']:.1f} img/s", flush=True)
     as_is: float | None = None
     for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
         mode = "compiled" if compiled else "eager"
         outside = "compile" if compiled else "nothing"
-        ceiling = measure(results, mode, "ceiling", float("nan"),
-                          lambda c=compiled: ceiling_rate(args, model_file, device, c))
+        ceiling = measure(
+            results,
+            mode,
+            "ceiling",
+            float("nan"),
+            lambda c=compiled: ceiling_rate(args, model_file, device, c),
+        )
         if as_is is None:
-            as_is = measure(results, mode, "cxr Predictor.predict_cache as is", ceiling,
-                            lambda: predictor_rate(args, model_file, cache, device, False, False))
+            as_is = measure(
+                results,
+                mode,
+                "cxr Predictor.predict_cache as is",
+                ceiling,
+                lambda: predictor_rate(args, model_file, cache, device, False, False),
+            )
         else:
-            measure(results, mode, "cxr Predictor.predict_cache as is (same measurement)",
-                    ceiling, lambda r=as_is: r)
-        measure(results, mode, f"cxr Predictor.predict_cache + {outside} from outside", ceiling,
-                lambda c=compiled: predictor_rate(args, model_file, cache, device, True, c))
+            measure(
+                results,
+                mode,
+                "cxr Predictor.predict_cache as is (same measurement)",
+                ceiling,
+                lambda r=as_is: r,
+            )
+        measure(
+            results,
+            mode,
+            f"cxr Predictor.predict_cache + {outside} from outside",
+            ceiling,
+            lambda c=compiled: predictor_rate(args, model_file, cache, device, True, c),
+        )
     m = machine(device)
-    settings = {"backbone": args.backbone, "size": args.size, "batch_size": args.batch_size,
-                "precision": args.precision, "channels_last": args.channels_last,
-                "cudnn_benchmark": args.cudnn_benchmark, "n_images": len(cache),
-                "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
-    print("\n" + markdown(
-        ["machine", "torch", "cxr", "backbone", "size", "batch", "precision", "channels-last",
-         "cudnn.benchmark"],
-        [[m["machine"], m["torch"], m["cxr"], args.backbone, str(args.size),
-          str(args.batch_size), args.precision, str(args.channels_last).lower(),
-          str(args.cudnn_benchmark).lower()]]) + "\n")
-    print(markdown(["compile", "measure", "images/s", "/ ceiling"],
-                   [[r["compile"], r["measure"], f"{r['images_per_second']:.1f}",
-                     "-" if r["ratio_to_ceiling"] is None else f"{r['ratio_to_ceiling']:.3f}"]
-                    for r in results]) + "\n")
+    settings = {
+        "backbone": args.backbone,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "cudnn_benchmark": args.cudnn_benchmark,
+        "n_images": len(cache),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+    }
+    print(
+        "\n"
+        + markdown(
+            [
+                "machine",
+                "torch",
+                "cxr",
+                "backbone",
+                "size",
+                "batch",
+                "precision",
+                "channels-last",
+                "cudnn.benchmark",
+            ],
+            [
+                [
+                    m["machine"],
+                    m["torch"],
+                    m["cxr"],
+                    args.backbone,
+                    str(args.size),
+                    str(args.batch_size),
+                    args.precision,
+                    str(args.channels_last).lower(),
+                    str(args.cudnn_benchmark).lower(),
+                ]
+            ],
+        )
+        + "\n"
+    )
+    print(
+        markdown(
+            ["compile", "measure", "images/s", "/ ceiling"],
+            [
+                [
+                    r["compile"],
+                    r["measure"],
+                    f"{r['images_per_second']:.1f}",
+                    "-" if r["ratio_to_ceiling"] is None else f"{r['ratio_to_ceiling']:.3f}",
+                ]
+                for r in results
+            ],
+        )
+        + "\n"
+    )
     for r in results:
         if r["measure"].startswith("cxr"):
             met = "met" if r["ratio_to_ceiling"] >= TARGET else "NOT met"
-            print(f"{r['compile']}: {r['measure']}: {r['ratio_to_ceiling']:.3f} of the ceiling "
-                  f"(target >= {TARGET:.2f}: {met})")
+            print(
+                f"{r['compile']}: {r['measure']}: {r['ratio_to_ceiling']:.3f} of the ceiling "
+                f"(target >= {TARGET:.2f}: {met})"
+            )
     out = args.out or args.work_dir / "gpu_inference_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "gpu_inference_throughput", "machine": m,
-                               "settings": settings, "results": results, "target": TARGET},
-                              indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "gpu_inference_throughput",
+                "machine": m,
+                "settings": settings,
+                "results": results,
+                "target": TARGET,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"written {out}")
 
 

@@ -69,11 +69,20 @@ def machine(device: torch.device) -> dict:
         import monai
     except ImportError:
         monai = None
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU ({platform.processor() or platform.machine()})")
-    return {"machine": name, "cpu_cores": os.cpu_count(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cxr": cxr.__version__, "monai": monai.__version__ if monai else "not installed",
-            "python": platform.python_version()}
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
+    return {
+        "machine": name,
+        "cpu_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cxr": cxr.__version__,
+        "monai": monai.__version__ if monai else "not installed",
+        "python": platform.python_version(),
+    }
 
 
 def sync(device: torch.device) -> None:
@@ -87,8 +96,9 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def phantom_cache(work: Path, n_images: int, unique: int, phantom_size: int, size: int,
-                  workers: int) -> tuple[LabelTable, PreparedCache]:
+def phantom_cache(
+    work: Path, n_images: int, unique: int, phantom_size: int, size: int, workers: int
+) -> tuple[LabelTable, PreparedCache]:
     """n_images table rows over ``unique`` phantom files, and their cache at ``size`` px."""
     unique = min(unique, n_images) if unique > 0 else n_images
     config = SynthConfig(n_images=unique, size=phantom_size, seed=0)
@@ -104,9 +114,12 @@ def phantom_cache(work: Path, n_images: int, unique: int, phantom_size: int, siz
         base = generate_phantoms(folder, config, workers=workers)
         print(f"  {time.perf_counter() - start:.0f} s", flush=True)
     rows = np.arange(n_images) % len(base)
-    table = LabelTable.from_columns([base.paths[i] for i in rows],
-                                    [f"r{i:06d}" for i in range(n_images)],
-                                    base.labels[rows], base.pathologies)
+    table = LabelTable.from_columns(
+        [base.paths[i] for i in rows],
+        [f"r{i:06d}" for i in range(n_images)],
+        base.labels[rows],
+        base.pathologies,
+    )
     cache_dir = work / f"cache-{size}px-{n_images}-of-{folder.name}"
     print(f"preparing the cache {cache_dir} (nothing to do when it is complete) ...", flush=True)
     start = time.perf_counter()
@@ -115,8 +128,14 @@ def phantom_cache(work: Path, n_images: int, unique: int, phantom_size: int, siz
     return table, PreparedCache(cache_dir)
 
 
-def timed_rate(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Iterator[Batch],
-               batch_size: int, warmup: int, steps: int, device: torch.device) -> float:
+def timed_rate(
+    step: Callable[[torch.Tensor, torch.Tensor], None],
+    batches: Iterator[Batch],
+    batch_size: int,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+) -> float:
     """images/s of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step(*next(batches))
@@ -137,18 +156,27 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 class Step:
     """The optimiser step of the model a TrainConfig describes, on given device tensors."""
 
-    def __init__(self, config: TrainConfig, names: tuple[str, ...], size: int,
-                 train_labels: np.ndarray, device: torch.device):
-        spec = ModelSpec(labels=tuple(names), backbone=config.backbone,
-                         preprocessing=Preprocessing(size=size))
+    def __init__(
+        self,
+        config: TrainConfig,
+        names: tuple[str, ...],
+        size: int,
+        train_labels: np.ndarray,
+        device: torch.device,
+    ):
+        spec = ModelSpec(
+            labels=tuple(names), backbone=config.backbone, preprocessing=Preprocessing(size=size)
+        )
         self.model = build_model(spec).to(device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
         self.loss_fn = build_loss(config.loss, train_labels).to(device)
         lr = config.phase2_lr
-        self.opt = torch.optim.AdamW(parameter_groups(self.model, lr, lr * config.head_lr_factor),
-                                     weight_decay=config.weight_decay)
+        self.opt = torch.optim.AdamW(
+            parameter_groups(self.model, lr, lr * config.head_lr_factor),
+            weight_decay=config.weight_decay,
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
         self.forward = torch.compile(self.model) if config.compile else self.model
@@ -164,8 +192,9 @@ class Step:
         self.opt.zero_grad(set_to_none=True)
 
 
-def ceiling_rate(config: TrainConfig, cache: PreparedCache, device: torch.device,
-                 warmup: int, steps: int) -> float:
+def ceiling_rate(
+    config: TrainConfig, cache: PreparedCache, device: torch.device, warmup: int, steps: int
+) -> float:
     step = Step(config, cache.table.pathologies, cache.size, cache.table.labels, device)
     b, s, n_labels = config.batch_size, cache.size, len(cache.table.pathologies)
     x = torch.rand(b, 1, s, s, device=device)
@@ -178,20 +207,34 @@ class _Done(Exception):
     pass
 
 
-def cxr_rate(config: TrainConfig, cache: PreparedCache, info: dd.Dist,
-             warmup: int, steps: int) -> float:
+def cxr_rate(
+    config: TrainConfig, cache: PreparedCache, info: dd.Dist, warmup: int, steps: int
+) -> float:
     """Steady-state images/s of Engine.train_epoch over CacheBatches, built as loop._run does."""
     torch.manual_seed(config.seed)
-    batches = CacheBatches(cache, config.batch_size, shuffle=True, seed=config.seed,
-                           drop_last=True, pin_memory=info.device.type == "cuda",
-                           prefetch=2 * config.loader_threads)
+    batches = CacheBatches(
+        cache,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        drop_last=True,
+        pin_memory=info.device.type == "cuda",
+        prefetch=2 * config.loader_threads,
+    )
     per_epoch = len(batches)
     if per_epoch == 0:
         raise SystemExit(f"--n-images {len(cache)} is less than one batch")
-    config = replace(config, phase1_epochs=0,
-                     phase2_epochs=math.ceil((warmup + steps) / per_epoch) + 1)
-    engine = Engine(config, cache.table.pathologies, cache.size, cache.table.labels, info,
-                    steps_per_epoch=math.ceil(per_epoch / config.accumulate))
+    config = replace(
+        config, phase1_epochs=0, phase2_epochs=math.ceil((warmup + steps) / per_epoch) + 1
+    )
+    engine = Engine(
+        config,
+        cache.table.pathologies,
+        cache.size,
+        cache.table.labels,
+        info,
+        steps_per_epoch=math.ceil(per_epoch / config.accumulate),
+    )
     engine.enter_phase(2)
     seen, marks = 0, []
 
@@ -233,13 +276,25 @@ class PngDataset(torch.utils.data.Dataset):
         return x, torch.from_numpy(self.labels[i])
 
 
-def naive_rate(config: TrainConfig, table: LabelTable, size: int, device: torch.device,
-               workers: int, warmup: int, steps: int) -> float:
+def naive_rate(
+    config: TrainConfig,
+    table: LabelTable,
+    size: int,
+    device: torch.device,
+    workers: int,
+    warmup: int,
+    steps: int,
+) -> float:
     step = Step(config, table.pathologies, size, table.labels, device)
     loader = torch.utils.data.DataLoader(
-        PngDataset(table.paths, table.labels, size), batch_size=config.batch_size, shuffle=True,
-        drop_last=True, num_workers=workers, pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0)
+        PngDataset(table.paths, table.labels, size),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     if len(loader) == 0:
         raise SystemExit(f"--n-images {len(table)} is less than one batch")
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -247,8 +302,10 @@ def naive_rate(config: TrainConfig, table: LabelTable, size: int, device: torch.
     def batches() -> Iterator[Batch]:
         while True:
             for x, y in loader:
-                yield (x.to(device, non_blocking=True).contiguous(memory_format=fmt),
-                       y.to(device, non_blocking=True))
+                yield (
+                    x.to(device, non_blocking=True).contiguous(memory_format=fmt),
+                    y.to(device, non_blocking=True),
+                )
 
     return timed_rate(step, batches(), config.batch_size, warmup, steps, device)
 
@@ -257,15 +314,25 @@ def naive_rate(config: TrainConfig, table: LabelTable, size: int, device: torch.
 def base_parser(doc: str, counts: tuple[tuple[str, int], ...] = ()) -> argparse.ArgumentParser:
     """The options both GPU benchmarks take (model, sizes, precision, data, output);
     ``counts`` adds integer options of one script."""
-    ap = argparse.ArgumentParser(description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--backbone", default="densenet121")
-    for flag, default in (("--size", 224), ("--batch-size", 256), ("--n-images", 20000),
-                          ("--phantom-size", 1024), ("--steps", 50), ("--warmup", 10), *counts):
+    for flag, default in (
+        ("--size", 224),
+        ("--batch-size", 256),
+        ("--n-images", 20000),
+        ("--phantom-size", 1024),
+        ("--steps", 50),
+        ("--warmup", 10),
+        *counts,
+    ):
         ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="bf16")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--compile", nargs="?", const="on", default="off", choices=("off", "on", "both"))
+    ap.add_argument(
+        "--compile", nargs="?", const="on", default="off", choices=("off", "on", "both")
+    )
     ap.add_argument("--unique", type=int, default=1000, help="distinct phantoms (0 = all)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--prepare-workers", type=int, default=os.cpu_count() or 1)
@@ -276,10 +343,17 @@ def base_parser(doc: str, counts: tuple[tuple[str, int], ...] = ()) -> argparse.
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = base_parser(__doc__)
-    ap.add_argument("--augment", choices=("on", "off", "both"), default="both",
-                    help="the cxr pipeline with cxr's default augmentation, without, or both")
-    ap.add_argument("--deterministic", action="store_true",
-                    help="cuDNN deterministic (TrainConfig's default) instead of cudnn.benchmark")
+    ap.add_argument(
+        "--augment",
+        choices=("on", "off", "both"),
+        default="both",
+        help="the cxr pipeline with cxr's default augmentation, without, or both",
+    )
+    ap.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="cuDNN deterministic (TrainConfig's default) instead of cudnn.benchmark",
+    )
     ap.add_argument("--loader-threads", type=int, default=1, help="TrainConfig.loader_threads")
     ap.add_argument("--workers", type=int, default=16, help="naive DataLoader processes")
     return ap.parse_args(argv)
@@ -290,66 +364,158 @@ def main(argv: list[str] | None = None) -> None:
     info = dd.setup(args.device)
     torch.backends.cudnn.deterministic = args.deterministic
     torch.backends.cudnn.benchmark = not args.deterministic
-    table, cache = phantom_cache(args.work_dir, args.n_images, args.unique, args.phantom_size,
-                                 args.size, args.prepare_workers)
-    base = TrainConfig(backbone=args.backbone, batch_size=args.batch_size,
-                       precision=args.precision, channels_last=args.channels_last,
-                       device=args.device, loader_threads=args.loader_threads,
-                       deterministic=args.deterministic)
+    table, cache = phantom_cache(
+        args.work_dir,
+        args.n_images,
+        args.unique,
+        args.phantom_size,
+        args.size,
+        args.prepare_workers,
+    )
+    base = TrainConfig(
+        backbone=args.backbone,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        device=args.device,
+        loader_threads=args.loader_threads,
+        deterministic=args.deterministic,
+    )
     results: list[dict] = []
     for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
         config, mode = base.replace(compile=compiled), "compiled" if compiled else "eager"
         runs: list[tuple[str, Callable[[], float]]] = [
-            ("ceiling", lambda c=config: ceiling_rate(c, cache, info.device, args.warmup, args.steps))]
+            (
+                "ceiling",
+                lambda c=config: ceiling_rate(c, cache, info.device, args.warmup, args.steps),
+            )
+        ]
         for aug in {"on": [True], "off": [False], "both": [True, False]}[args.augment]:
             c = config.replace(augment=AugmentConfig(enabled=aug))
-            runs.append((f"cxr (augment {'on' if aug else 'off'})",
-                         lambda c=c: cxr_rate(c, cache, info, args.warmup, args.steps)))
-        runs.append((f"naive ({args.workers} workers)", lambda c=config: naive_rate(
-            c, table, args.size, info.device, args.workers, args.warmup, args.steps)))
+            runs.append(
+                (
+                    f"cxr (augment {'on' if aug else 'off'})",
+                    lambda c=c: cxr_rate(c, cache, info, args.warmup, args.steps),
+                )
+            )
+        runs.append(
+            (
+                f"naive ({args.workers} workers)",
+                lambda c=config: naive_rate(
+                    c, table, args.size, info.device, args.workers, args.warmup, args.steps
+                ),
+            )
+        )
         ceiling = float("nan")
         for name, run in runs:  # the ceiling first
             print(f"{mode}: {name} ...", flush=True)
             rate = run()
             free_memory()
             ceiling = rate if name == "ceiling" else ceiling
-            results.append({"compile": mode, "measure": name, "images_per_second": rate,
-                            "ratio_to_ceiling": rate / ceiling})
+            results.append(
+                {
+                    "compile": mode,
+                    "measure": name,
+                    "images_per_second": rate,
+                    "ratio_to_ceiling": rate / ceiling,
+                }
+            )
             print(f"  {rate:.1f} img/s ({rate / ceiling:.3f} of the ceiling)", flush=True)
     report(args, machine(info.device), results)
 
 
 def report(args: argparse.Namespace, m: dict, results: list[dict]) -> None:
     cudnn = "deterministic" if args.deterministic else "benchmark"
-    settings = {"backbone": args.backbone, "size": args.size, "batch_size": args.batch_size,
-                "precision": args.precision, "channels_last": args.channels_last,
-                "cudnn": cudnn, "loader_threads": args.loader_threads, "n_images": args.n_images,
-                "unique_files": min(args.unique or args.n_images, args.n_images),
-                "phantom_size": args.phantom_size, "steps": args.steps, "warmup": args.warmup}
-    print("\n" + markdown(
-        ["machine", "torch", "cxr", "backbone", "size", "batch", "precision", "channels-last",
-         "cuDNN"], [[m["machine"], m["torch"], m["cxr"], args.backbone, str(args.size),
-                     str(args.batch_size), args.precision, str(args.channels_last).lower(),
-                     cudnn]]) + "\n")
-    print(markdown(["compile", "measure", "images/s", "/ ceiling"],
-                   [[r["compile"], r["measure"], f"{r['images_per_second']:.1f}",
-                     f"{r['ratio_to_ceiling']:.3f}"] for r in results]) + "\n")
+    settings = {
+        "backbone": args.backbone,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "cudnn": cudnn,
+        "loader_threads": args.loader_threads,
+        "n_images": args.n_images,
+        "unique_files": min(args.unique or args.n_images, args.n_images),
+        "phantom_size": args.phantom_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+    }
+    print(
+        "\n"
+        + markdown(
+            [
+                "machine",
+                "torch",
+                "cxr",
+                "backbone",
+                "size",
+                "batch",
+                "precision",
+                "channels-last",
+                "cuDNN",
+            ],
+            [
+                [
+                    m["machine"],
+                    m["torch"],
+                    m["cxr"],
+                    args.backbone,
+                    str(args.size),
+                    str(args.batch_size),
+                    args.precision,
+                    str(args.channels_last).lower(),
+                    cudnn,
+                ]
+            ],
+        )
+        + "\n"
+    )
+    print(
+        markdown(
+            ["compile", "measure", "images/s", "/ ceiling"],
+            [
+                [
+                    r["compile"],
+                    r["measure"],
+                    f"{r['images_per_second']:.1f}",
+                    f"{r['ratio_to_ceiling']:.3f}",
+                ]
+                for r in results
+            ],
+        )
+        + "\n"
+    )
     speedups = {}
     for r in results:
         if r["measure"].startswith("cxr"):
-            naive = next(n for n in results if n["compile"] == r["compile"]
-                         and n["measure"].startswith("naive"))
+            naive = next(
+                n
+                for n in results
+                if n["compile"] == r["compile"] and n["measure"].startswith("naive")
+            )
             key = f"{r['compile']}: {r['measure']}"
             speedups[key] = r["images_per_second"] / naive["images_per_second"]
             met = "met" if r["ratio_to_ceiling"] >= TARGET else "NOT met"
-            print(f"{key}: {r['ratio_to_ceiling']:.3f} of the ceiling (target >= {TARGET:.2f}: "
-                  f"{met}); cache speed-up over naive {speedups[key]:.2f}x")
+            print(
+                f"{key}: {r['ratio_to_ceiling']:.3f} of the ceiling (target >= {TARGET:.2f}: "
+                f"{met}); cache speed-up over naive {speedups[key]:.2f}x"
+            )
     out = args.out or args.work_dir / "gpu_train_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "gpu_train_throughput", "machine": m,
-                               "settings": settings, "results": results,
-                               "cache_speedup_over_naive": speedups, "target": TARGET},
-                              indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "gpu_train_throughput",
+                "machine": m,
+                "settings": settings,
+                "results": results,
+                "cache_speedup_over_naive": speedups,
+                "target": TARGET,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"written {out}")
 
 

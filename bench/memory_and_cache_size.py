@@ -41,10 +41,13 @@ from cxr.cache import prepare
 from cxr.table import LabelTable
 src, out, repeat, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 paths = [str(p) for p in sorted(src.glob("*.png"))] * repeat
-table = LabelTable.from_columns(paths, [str(i) for i in range(len(paths))], np.zeros((len(paths), 0)), [])
+n = len(paths)
+table = LabelTable.from_columns(paths, [str(i) for i in range(n)], np.zeros((n, 0)), [])
 s = prepare(table, out, 224, workers=workers, progress=False)
-status = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines() if ":" in l)
-print(json.dumps({"images": len(paths), "stored": s.stored, "vm_hwm_kb": int(status["VmHWM"].split()[0]),
+lines = Path("/proc/self/status").read_text().splitlines()
+status = dict(line.split(":", 1) for line in lines if ":" in line)
+print(json.dumps({"images": len(paths), "stored": s.stored,
+                  "vm_hwm_kb": int(status["VmHWM"].split()[0]),
                   "children_max_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
                   "pixels_bytes": (out / "pixels.npy").stat().st_size}))
 """
@@ -78,8 +81,9 @@ print(json.dumps({"seconds": time.perf_counter() - start, "vm_hwm_kb": field("Vm
 
 
 def _run(code: str, *args: object) -> dict:
-    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=False
+    )
     if done.returncode:
         raise SystemExit(f"benchmark step failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -114,8 +118,11 @@ def main() -> None:
     if not src.is_dir():
         raise SystemExit(f"needs the NIH originals in {src}")
     tmp = Path(tempfile.mkdtemp(prefix="cxr-mem-"))
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-          f"torch {torch.__version__}, cxr {cxr.__version__}\n")
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; "
+        f"Python {platform.python_version()}, "
+        f"torch {torch.__version__}, cxr {cxr.__version__}\n"
+    )
 
     print(f"prepare at 224 px, {args.workers} worker processes:\n")
     print("| images | main process peak RSS (MiB) | largest worker peak RSS (MiB) |")
@@ -124,24 +131,33 @@ def main() -> None:
     for repeat in (10, 40, 100):
         r = _run(_PREPARE, src, tmp / f"prep{repeat}", repeat, args.workers)
         per_image = (r["pixels_bytes"] - 128) / r["images"]
-        print(f"| {r['images']} | {r['vm_hwm_kb'] / 1024:.0f} | {r['children_max_rss_kb'] / 1024:.0f} |")
+        print(
+            f"| {r['images']} | {r['vm_hwm_kb'] / 1024:.0f} | "
+            f"{r['children_max_rss_kb'] / 1024:.0f} |"
+        )
 
     cache = _labelled_cache(src, tmp / "train_cache", args.train_images)
     r = _run(_TRAIN, cache, tmp / "run", os.cpu_count())
-    print(f"\ntraining DenseNet-121, 224 px, batch 16, fp32, CPU, {args.train_images} images, "
-          f"1 epoch ({r['seconds']:.0f} s):\n")
-    print(f"peak RSS {r['vm_hwm_kb'] / 1024:.0f} MiB: anonymous (model, optimizer, activations, "
-          f"batches) {r['rss_anon_peak_kb'] / 1024:.0f} MiB, file-backed (libraries, the mapped "
-          f"cache) {r['rss_file_peak_kb'] / 1024:.0f} MiB")
+    print(
+        f"\ntraining DenseNet-121, 224 px, batch 16, fp32, CPU, {args.train_images} images, "
+        f"1 epoch ({r['seconds']:.0f} s):\n"
+    )
+    print(
+        f"peak RSS {r['vm_hwm_kb'] / 1024:.0f} MiB: anonymous (model, optimizer, activations, "
+        f"batches) {r['rss_anon_peak_kb'] / 1024:.0f} MiB, file-backed (libraries, the mapped "
+        f"cache) {r['rss_file_peak_kb'] / 1024:.0f} MiB"
+    )
 
     from cxr.datasets import load_dataset
 
     table = load_dataset(SHARED / "nih14-metadata")
     csv = table.save_csv(tmp / "nih_labels.csv")
     csv_per_image = Path(csv).stat().st_size / len(table)
-    print(f"\ncache size on disk for {NIH_IMAGES:,} images (pixels.npy: {per_image:.0f} B per image "
-          f"measured at 224 px = 224^2; labels.csv {csv_per_image:.0f} B per image measured on the "
-          "full NIH table; status.npy 1 B per image):\n")
+    print(
+        f"\ncache size on disk for {NIH_IMAGES:,} images (pixels.npy: {per_image:.0f} B per image "
+        f"measured at 224 px = 224^2; labels.csv {csv_per_image:.0f} B per image measured on the "
+        "full NIH table; status.npy 1 B per image):\n"
+    )
     print("| side (px) | pixels.npy (GiB) | whole cache (GiB) |")
     print("|---|---|---|")
     for side in (224, 256, 320, 384, 512, 1024):

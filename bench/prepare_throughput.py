@@ -40,7 +40,7 @@ def _raw_decode(paths: list[str]) -> int:
 
 
 def raw_decode_rate(paths: list[str], workers: int) -> float:
-    chunks = [paths[i::workers * 4] for i in range(workers * 4)]
+    chunks = [paths[i :: workers * 4] for i in range(workers * 4)]
     start = time.perf_counter()
     if workers == 1:
         _raw_decode(paths)
@@ -68,13 +68,17 @@ def prepare_rate(paths: list[str], size: int, workers: int) -> tuple[float, floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("folder", nargs="?", type=Path, default=DEFAULT)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     args = ap.parse_args(argv)
-    files = sorted(str(p) for p in args.folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    files = sorted(
+        str(p) for p in args.folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"}
+    )
     if not files:
         sys.exit(f"no PNG/JPEG images in {args.folder}")
     paths = files * args.repeat
@@ -85,16 +89,22 @@ def main(argv: list[str] | None = None) -> None:
 
     import cxr
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"python {platform.python_version()}, Pillow {PIL.__version__}, numpy {np.__version__}, "
-          f"cxr {cxr.__version__}")
-    print(f"images: {len(files)} files ({shape}) x {args.repeat} = {len(paths)} decodes; "
-          f"output {args.size}x{args.size}; workers {args.workers}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"python {platform.python_version()}, Pillow {PIL.__version__}, numpy {np.__version__}, "
+        f"cxr {cxr.__version__}"
+    )
+    print(
+        f"images: {len(files)} files ({shape}) x {args.repeat} = {len(paths)} decodes; "
+        f"output {args.size}x{args.size}; workers {args.workers}"
+    )
     for workers in sorted({1, args.workers}):
         raw = raw_decode_rate(paths, workers)
         wall, reported = prepare_rate(paths, args.size, workers)
-        print(f"workers={workers}: raw decode {raw:7.1f} img/s | prepare {wall:7.1f} img/s "
-              f"(summary says {reported:.1f}) | prepare/raw = {wall / raw:.2f}")
+        print(
+            f"workers={workers}: raw decode {raw:7.1f} img/s | prepare {wall:7.1f} img/s "
+            f"(summary says {reported:.1f}) | prepare/raw = {wall / raw:.2f}"
+        )
 
 
 if __name__ == "__main__":

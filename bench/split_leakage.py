@@ -23,7 +23,9 @@ def main() -> None:
     from cxr.split import split_by_patient, split_tables
 
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}"
+    )
     t0 = time.perf_counter()
     table = load_dataset(source)
     t1 = time.perf_counter()
@@ -32,8 +34,10 @@ def main() -> None:
     report = find_leakage(split_tables(table, assignment))
     t3 = time.perf_counter()
     print(f"{len(table)} images, {len(set(table.patient_ids))} patients")
-    print(f"read {t1 - t0:.2f} s | split {t2 - t1:.2f} s | leakage check (incl. building the "
-          f"3 tables) {t3 - t2:.2f} s | leaked: {report.leaked}")
+    print(
+        f"read {t1 - t0:.2f} s | split {t2 - t1:.2f} s | leakage check (incl. building the "
+        f"3 tables) {t3 - t2:.2f} s | leaked: {report.leaked}"
+    )
 
 
 if __name__ == "__main__":

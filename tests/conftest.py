@@ -35,8 +35,9 @@ def make_phantom_caches(root: Path, n_images: int, size: int, seed: int = 0) -> 
     from cxr.split import split_by_patient, split_tables
     from cxr.synth import SynthConfig, generate_phantoms
 
-    table = generate_phantoms(root / "phantoms", SynthConfig(n_images=n_images, size=size * 2,
-                                                             seed=seed), workers=1)
+    table = generate_phantoms(
+        root / "phantoms", SynthConfig(n_images=n_images, size=size * 2, seed=seed), workers=1
+    )
     parts = split_tables(table, split_by_patient(table, seed=seed))
     out = {}
     for name, part in parts.items():
@@ -67,9 +68,22 @@ def trained_phantom_model(phantom_caches_64, tmp_path_factory):
     """The small CNN (GeM head) trained 16 epochs on ``phantom_caches_64``: a TrainResult."""
     from cxr.training import TrainConfig, train
 
-    config = TrainConfig(backbone="cxr-small-cnn", pool="gem", phase1_epochs=0,
-                         phase2_epochs=PHANTOM_MODEL_EPOCHS, phase2_lr=3e-3, batch_size=32,
-                         device="cpu", seed=0)
+    config = TrainConfig(
+        backbone="cxr-small-cnn",
+        pool="gem",
+        phase1_epochs=0,
+        phase2_epochs=PHANTOM_MODEL_EPOCHS,
+        phase2_lr=3e-3,
+        batch_size=32,
+        device="cpu",
+        seed=0,
+    )
     c = phantom_caches_64
-    return train(config, c["train"], c["val"], tmp_path_factory.mktemp("phantom_model") / "run",
-                 progress=False, echo=lambda s: None)
+    return train(
+        config,
+        c["train"],
+        c["val"],
+        tmp_path_factory.mktemp("phantom_model") / "run",
+        progress=False,
+        echo=lambda s: None,
+    )

@@ -69,8 +69,15 @@ def test_bad_images_are_rejected_with_reasons_and_do_not_stop_the_run(tmp_path, 
     (bad / "garbage.png").write_bytes(b"this is not an image" * 10)
     whole = Path(good[0]).read_bytes()
     (bad / "truncated.png").write_bytes(whole[: len(whole) // 2])
-    paths = [good[0], str(bad / "missing.png"), str(bad / "empty.png"), good[1],
-             str(bad / "garbage.png"), str(bad / "truncated.png"), good[2]]
+    paths = [
+        good[0],
+        str(bad / "missing.png"),
+        str(bad / "empty.png"),
+        good[1],
+        str(bad / "garbage.png"),
+        str(bad / "truncated.png"),
+        good[2],
+    ]
     summary = prepare(table_of(paths), tmp_path / "c", SIZE, workers=1, progress=False)
     assert (summary.stored, summary.rejected) == (3, 4)
     reasons = {Path(p).name: r for p, r, _ in summary.rejects}
@@ -154,8 +161,9 @@ def test_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path, good
     resumed = prepare(table_of(paths), tmp_path / "c", SIZE, workers=1, progress=False)
     assert resumed.decoded == len(paths) - 32
     assert any("resuming" in n for n in resumed.notes)
-    np.testing.assert_array_equal(PreparedCache(tmp_path / "c").read(np.arange(len(paths))),
-                                  expected_pixels(paths))
+    np.testing.assert_array_equal(
+        PreparedCache(tmp_path / "c").read(np.arange(len(paths))), expected_pixels(paths)
+    )
 
 
 KILL_SCRIPT = """
@@ -179,7 +187,9 @@ def test_killed_process_resumes(tmp_path):
     paths = write_images(tmp_path / "img", 300)
     table_of(paths).save_csv(tmp_path / "t.csv")
     out = tmp_path / "c"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "t.csv"), str(out), str(SIZE)])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "t.csv"), str(out), str(SIZE)]
+    )
     try:
         deadline = time.monotonic() + 60
         done = 0

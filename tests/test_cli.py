@@ -10,9 +10,20 @@ from PIL import Image
 from cxr.cli import main
 
 NIH_SAMPLE_POSITIVES = {
-    "Infiltration": 91, "Nodule": 63, "Atelectasis": 61, "Consolidation": 59, "Effusion": 57,
-    "Mass": 48, "Pleural_Thickening": 44, "Fibrosis": 32, "Pneumothorax": 29,
-    "Cardiomegaly": 28, "Emphysema": 28, "Pneumonia": 24, "Edema": 13, "Hernia": 13,
+    "Infiltration": 91,
+    "Nodule": 63,
+    "Atelectasis": 61,
+    "Consolidation": 59,
+    "Effusion": 57,
+    "Mass": 48,
+    "Pleural_Thickening": 44,
+    "Fibrosis": 32,
+    "Pneumothorax": 29,
+    "Cardiomegaly": 28,
+    "Emphysema": 28,
+    "Pneumonia": 24,
+    "Edema": 13,
+    "Hernia": 13,
 }
 
 
@@ -24,8 +35,12 @@ def course_csv(tmp_path):
     rows = []
     for i in range(12):
         name = f"im{i:02d}.png"
-        Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)).save(tmp_path / "images" / name)
-        rows.append({"Image": name, "Mass": i % 2, "Effusion": (i // 2) % 2, "PatientId": f"p{i // 2}"})
+        Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)).save(
+            tmp_path / "images" / name
+        )
+        rows.append(
+            {"Image": name, "Mass": i % 2, "Effusion": (i // 2) % 2, "PatientId": f"p{i // 2}"}
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
     return tmp_path / "labels.csv"
 
@@ -47,8 +62,20 @@ def test_inspect_text(course_csv, capsys):
 
 def test_split_then_check_leakage(course_csv, tmp_path, capsys):
     out = tmp_path / "split"
-    assert main(["data", "split", str(course_csv), "--out", str(out),
-                 "--fractions", "train=0.5,val=0.25,test=0.25"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                str(course_csv),
+                "--out",
+                str(out),
+                "--fractions",
+                "train=0.5,val=0.25,test=0.25",
+            ]
+        )
+        == 0
+    )
     files = [str(out / f"{n}.csv") for n in ("train", "val", "test")]
     assert main(["data", "check-leakage", *files]) == 0
     assert "No patient leakage" in capsys.readouterr().out
@@ -63,12 +90,36 @@ def test_split_then_check_leakage(course_csv, tmp_path, capsys):
 
 def test_prepare_and_strict(course_csv, tmp_path, capsys):
     cache = tmp_path / "cache"
-    assert main(["prepare", str(course_csv), "--size", "32", "--out", str(cache),
-                 "--workers", "1", "--no-progress", "--strict"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(course_csv),
+                "--size",
+                "32",
+                "--out",
+                str(cache),
+                "--workers",
+                "1",
+                "--no-progress",
+                "--strict",
+            ]
+        )
+        == 0
+    )
     assert "stored: 12" in capsys.readouterr().out
     (course_csv.parent / "images" / "im03.png").write_bytes(b"")
-    args = ["prepare", str(course_csv), "--size", "32", "--out", str(cache), "--workers", "1",
-            "--no-progress"]
+    args = [
+        "prepare",
+        str(course_csv),
+        "--size",
+        "32",
+        "--out",
+        str(cache),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     assert main(args) == 0  # the emptied file is decoded again and rejected
     out = capsys.readouterr().out
     assert "rejected: 1" in out and "im03.png: empty" in out
@@ -79,7 +130,20 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and str(tmp_path / "nope") in err and "Traceback" not in err
-    assert main(["data", "split", str(tmp_path / "nope"), "--out", str(tmp_path), "--fractions", "train"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path),
+                "--fractions",
+                "train",
+            ]
+        )
+        == 2
+    )
     assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "c")]) == 2
 
 
@@ -89,8 +153,12 @@ def test_option_for_another_format_is_refused(course_csv, capsys):
 
 
 def test_console_script_help_runs():
-    out = subprocess.run([sys.executable, "-m", "cxr.cli", "prepare", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cxr.cli", "prepare", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--size" in out and "--strict" in out and "resum" in out.lower()
 
 

@@ -18,8 +18,17 @@ def test_parse_list():
 def test_every_command_is_registered():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert list(sub.choices) == ["data", "prepare", "synth", "demo", "train", "evaluate",
-                                 "compare", "predict", "localize"]
+    assert list(sub.choices) == [
+        "data",
+        "prepare",
+        "synth",
+        "demo",
+        "train",
+        "evaluate",
+        "compare",
+        "predict",
+        "localize",
+    ]
 
 
 def test_messages_name_flags_and_files(tmp_path, capsys):

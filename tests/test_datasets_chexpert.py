@@ -83,8 +83,12 @@ def test_default_read(chexpert_dir):
         "patient64542",
     ]
     # Paths are relative to the dataset's parent folder.
-    assert table.paths[0] == str(chexpert_dir / "train" / "patient00001" / "study1" / "view1_frontal.jpg")
-    assert table.paths[4] == str(chexpert_dir / "valid" / "patient64541" / "study1" / "view1_frontal.jpg")
+    assert table.paths[0] == str(
+        chexpert_dir / "train" / "patient00001" / "study1" / "view1_frontal.jpg"
+    )
+    assert table.paths[4] == str(
+        chexpert_dir / "valid" / "patient64541" / "study1" / "view1_frontal.jpg"
+    )
     assert all(os.path.isabs(p) for p in table.paths)
     # Default: uncertain -> 1 (U-Ones), blank -> NaN.
     y = table.labels
@@ -162,7 +166,9 @@ def test_renamed_dataset_folder(tmp_path):
 
 def test_bad_value_names_row_and_column(tmp_path):
     root = make_chexpert(tmp_path)
-    text = (root / "train.csv").read_text().replace(",Frontal,PA,,,,,,1.0,", ",Frontal,PA,,,,,,2.0,")
+    text = (
+        (root / "train.csv").read_text().replace(",Frontal,PA,,,,,,1.0,", ",Frontal,PA,,,,,,2.0,")
+    )
     (root / "train.csv").write_text(text)
     with pytest.raises(DatasetError, match=r"train.csv, line 6, column 'Edema': value '2.0'"):
         read_chexpert(root)
@@ -170,10 +176,17 @@ def test_bad_value_names_row_and_column(tmp_path):
 
 def test_missing_column_and_bad_frontal_value(tmp_path):
     root = make_chexpert(tmp_path)
-    (root / "valid.csv").write_text((root / "valid.csv").read_text().replace("Fracture", "Fractures"))
+    (root / "valid.csv").write_text(
+        (root / "valid.csv").read_text().replace("Fracture", "Fractures")
+    )
     with pytest.raises(DatasetError, match=r"\['Fracture'\] not found"):
         read_chexpert(root)
-    (root / "valid.csv").write_text((root / "valid.csv").read_text().replace("Fractures", "Fracture").replace(",Lateral,", ",Oblique,"))
+    (root / "valid.csv").write_text(
+        (root / "valid.csv")
+        .read_text()
+        .replace("Fractures", "Fracture")
+        .replace(",Lateral,", ",Oblique,")
+    )
     with pytest.raises(DatasetError, match=r"valid.csv, line 4: 'Frontal/Lateral' is 'oblique'"):
         read_chexpert(root)
 
@@ -181,7 +194,12 @@ def test_missing_column_and_bad_frontal_value(tmp_path):
 def test_path_without_patient(tmp_path):
     root = tmp_path / "CheXpert-v1.0-small"
     root.mkdir()
-    (root / "train.csv").write_text(HEADER + "\nCheXpert-v1.0-small/train/x/study1/view1_frontal.jpg,F,1,Frontal,AP" + ",0.0" * 14 + "\n")
+    (root / "train.csv").write_text(
+        HEADER
+        + "\nCheXpert-v1.0-small/train/x/study1/view1_frontal.jpg,F,1,Frontal,AP"
+        + ",0.0" * 14
+        + "\n"
+    )
     with pytest.raises(DatasetError, match="patientNNNNN"):
         read_chexpert(root)
 
@@ -225,7 +243,9 @@ def test_frontal_lateral_from_file_name_when_column_absent(tmp_path):
     table = read_chexpert(root, frontal_only=False)
     assert table.meta["view"].tolist().count("LL") == 2
     assert len(read_chexpert(root)) == 6
-    (root / "valid.csv").write_text((root / "valid.csv").read_text().replace("view1_frontal", "view1"))
+    (root / "valid.csv").write_text(
+        (root / "valid.csv").read_text().replace("view1_frontal", "view1")
+    )
     with pytest.raises(DatasetError, match="says neither frontal nor lateral"):
         read_chexpert(root)
     assert len(read_chexpert(root, frontal_only=False)) == 8

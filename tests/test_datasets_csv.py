@@ -13,12 +13,14 @@ import pytest
 from cxr.datasets import DatasetError, NoPatientColumnWarning, read_csv_table, read_nih
 from cxr.table import LabelTable
 
-COURSE_CSV = """Image,Atelectasis,Cardiomegaly,Consolidation,Edema,Effusion,Emphysema,Fibrosis,Hernia,Infiltration,Mass,Nodule,Pleural_Thickening,Pneumonia,Pneumothorax,PatientId
-00008270_015.png,0,0,0,0,0,0,0,0,0,0,0,0,0,0,8270
-00029855_001.png,1,0,0,0,1,0,0,0,1,0,0,0,0,0,29855
-00001297_000.png,0,0,0,0,0,0,0,0,0,0,0,1,0,0,1297
-00012359_002.png,0,0,0,0,0,0,0,0,0,0,0,0,0,0,12359
-"""
+COURSE_CSV = (
+    "Image,Atelectasis,Cardiomegaly,Consolidation,Edema,Effusion,Emphysema,Fibrosis,"
+    "Hernia,Infiltration,Mass,Nodule,Pleural_Thickening,Pneumonia,Pneumothorax,PatientId\n"
+    "00008270_015.png,0,0,0,0,0,0,0,0,0,0,0,0,0,0,8270\n"
+    "00029855_001.png,1,0,0,0,1,0,0,0,1,0,0,0,0,0,29855\n"
+    "00001297_000.png,0,0,0,0,0,0,0,0,0,0,0,1,0,0,1297\n"
+    "00012359_002.png,0,0,0,0,0,0,0,0,0,0,0,0,0,0,12359\n"
+)
 
 
 def write(path: Path, text: str) -> Path:
@@ -106,7 +108,9 @@ def test_explicit_columns_and_labels(tmp_path):
         tmp_path / "t.csv",
         "img_file,subject,Age,Mass,Nodule,note\na.png,s1,58,1,0,x\nb.png,s2,61,0,1,y\n",
     )
-    table = read_csv_table(csv, image_column="img_file", patient_column="subject", labels=["Mass", "nodule"])
+    table = read_csv_table(
+        csv, image_column="img_file", patient_column="subject", labels=["Mass", "nodule"]
+    )
     assert table.pathologies == ("Mass", "Nodule")
     assert table.meta["patient_id"].tolist() == ["s1", "s2"]
     with pytest.raises(DatasetError, match=r"image_column='nope' is not a column"):

@@ -27,7 +27,8 @@ CHEX = (
     "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,"
     "Pleural Effusion,Pleural Other,Fracture,Support Devices\n"
     "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg,Male,73,Frontal,AP"
-    + ",0.0" * 13 + ",1.0\n"
+    + ",0.0" * 13
+    + ",1.0\n"
 )
 PLAIN = "Image,Mass,PatientId\na.png,1,1\n"
 
@@ -127,7 +128,9 @@ def test_format_override(tmp_path):
     assert detect_format(chex) == "chexpert"
     with pytest.raises(DatasetError, match="'Sex' holds 'Male'"):
         load_dataset(chex, format="csv")
-    table = load_dataset(chex, format="CSV", labels=["Support Devices", "Pleural Effusion"], patient_column="Sex")
+    table = load_dataset(
+        chex, format="CSV", labels=["Support Devices", "Pleural Effusion"], patient_column="Sex"
+    )
     assert table.pathologies == ("Support Devices", "Effusion")
     # A folder of class folders holding a single CSV: detected as csv, overridable.
     write(tmp_path / "f" / "labels.csv", PLAIN)
@@ -158,7 +161,10 @@ def test_load_datasets_merges(tmp_path):
     write(tmp_path / "nih" / "Data_Entry_2017.csv", NIH)
     write(tmp_path / "CheXpert-v1.0-small" / "valid.csv", CHEX)
     merged = load_datasets(
-        [tmp_path / "nih", (tmp_path / "CheXpert-v1.0-small", {"uncertain": "zeros", "format": "chexpert"})]
+        [
+            tmp_path / "nih",
+            (tmp_path / "CheXpert-v1.0-small", {"uncertain": "zeros", "format": "chexpert"}),
+        ]
     )
     assert len(merged) == 2
     names = list(merged.pathologies)
@@ -173,7 +179,9 @@ def test_load_datasets_merges(tmp_path):
 def test_real_datasets_detected(shared_datasets):
     assert detect_format(shared_datasets / "nih14-sample") == "nih"
     assert detect_format(shared_datasets / "nih14-metadata") == "nih"
-    assert detect_format(shared_datasets / "nih14-metadata" / "Data_Entry_2017_v2020.csv.gz") == "nih"
+    assert (
+        detect_format(shared_datasets / "nih14-metadata" / "Data_Entry_2017_v2020.csv.gz") == "nih"
+    )
     assert detect_format(shared_datasets / "pediatric-pneumonia") == "folders"
     assert detect_format(shared_datasets / "nih14-sample" / "peer_predictions.csv") == "csv"
     assert len(load_dataset(shared_datasets / "pediatric-pneumonia")) == 3637

@@ -37,7 +37,9 @@ def test_classes_normal_and_patients(tmp_path):
     assert len(table) == 6
     assert table.paths == sorted(table.paths)
     assert all(os.path.isabs(p) for p in table.paths)
-    by_name = dict(zip((os.path.basename(p) for p in table.paths), table.labels[:, 0].tolist()))
+    by_name = dict(
+        zip((os.path.basename(p) for p in table.paths), table.labels[:, 0].tolist(), strict=True)
+    )
     assert by_name["IM-0115-0001.jpeg"] == 0 and by_name["person123_bacteria_456.jpeg"] == 1
     assert by_name["person9_bacteria_1.png"] == 1
     assert table.meta["patient_id"].tolist() == [
@@ -62,10 +64,18 @@ def test_normal_kept_as_label_when_asked(tmp_path):
 
 
 def test_multiclass_and_canonical_names(tmp_path):
-    touch(tmp_path, "pleural_effusion/x1.png", "Cardiomegaly/x2.png", "No Finding/x3.png", "healthy/x4.png")
+    touch(
+        tmp_path,
+        "pleural_effusion/x1.png",
+        "Cardiomegaly/x2.png",
+        "No Finding/x3.png",
+        "healthy/x4.png",
+    )
     table = read_class_folders(tmp_path)
     assert table.pathologies == ("Cardiomegaly", "Effusion")
-    rows = {os.path.basename(p): row.tolist() for p, row in zip(table.paths, table.labels)}
+    rows = {
+        os.path.basename(p): row.tolist() for p, row in zip(table.paths, table.labels, strict=True)
+    }
     assert rows == {"x1.png": [0, 1], "x2.png": [1, 0], "x3.png": [0, 0], "x4.png": [0, 0]}
 
 
@@ -73,7 +83,10 @@ def test_image_in_two_class_folders_is_multilabel(tmp_path):
     touch(tmp_path, "Mass/p1/a.png", "Nodule/p1/a.png", "Nodule/p1/b.png", "Mass/p2/a.png")
     table = read_class_folders(tmp_path)
     assert len(table) == 3
-    rows = {os.path.relpath(p, tmp_path): row.tolist() for p, row in zip(table.paths, table.labels)}
+    rows = {
+        os.path.relpath(p, tmp_path): row.tolist()
+        for p, row in zip(table.paths, table.labels, strict=True)
+    }
     assert rows == {"Mass/p1/a.png": [1, 1], "Mass/p2/a.png": [1, 0], "Nodule/p1/b.png": [0, 1]}
 
 
@@ -90,7 +103,9 @@ def test_split_subfolders(tmp_path):
     table = read_class_folders(tmp_path)
     assert len(table) == 5
     assert table.pathologies == ("Pneumonia",)
-    splits = dict(zip((os.path.relpath(p, tmp_path) for p in table.paths), table.meta["split"]))
+    splits = dict(
+        zip((os.path.relpath(p, tmp_path) for p in table.paths), table.meta["split"], strict=True)
+    )
     assert splits["train/NORMAL/IM-0001-0001.jpeg"] == "train"
     assert splits["val/NORMAL/IM-0002-0001.jpeg"] == "val"
     assert splits["test/PNEUMONIA/person1_virus_1.jpeg"] == "test"

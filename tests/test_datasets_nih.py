@@ -214,7 +214,9 @@ def test_images_beside_csv(tmp_path):
 # -- official split lists ---------------------------------------------------------------
 def test_official_lists_set_split(tmp_path):
     write(tmp_path / "Data_Entry_2017.csv", nih_csv_text())
-    (tmp_path / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000002_000.png\n")
+    (tmp_path / "train_val_list.txt").write_text(
+        "00000001_000.png\n00000001_001.png\n00000002_000.png\n"
+    )
     (tmp_path / "test_list.txt").write_text("00000075_000.png\n")
     table = read_nih(tmp_path)
     assert table.meta["split"].tolist() == ["train_val", "train_val", "train_val", "test", ""]
@@ -237,7 +239,9 @@ def test_image_list_reader(tmp_path):
     assert table.pathologies == () and table.labels.shape == (3, 0)
     assert table.meta["patient_id"].tolist() == ["1", "75", "scan_a"]
     assert table.meta["split"].tolist() == ["test_list"] * 3
-    assert table.paths == [str(tmp_path / "images" / n) for n in ("00000001_000.png", "00000075_003.png", "scan_a.png")]
+    assert table.paths == [
+        str(tmp_path / "images" / n) for n in ("00000001_000.png", "00000075_003.png", "scan_a.png")
+    ]
     # Same paths as the NIH reader on the same folder.
     write(tmp_path / "Data_Entry_2017.csv", nih_csv_text())
     assert read_nih(tmp_path).paths[0] == table.paths[0]
@@ -247,7 +251,9 @@ def test_image_list_relative_paths_and_errors(tmp_path):
     touch_images(tmp_path / "images" / "sub", ["a.png"])
     txt = tmp_path / "list.txt"
     txt.write_text("sub/a.png\nsub/b.png\n")
-    assert read_image_list(txt).paths == [str(tmp_path / "images" / "sub" / n) for n in ("a.png", "b.png")]
+    assert read_image_list(txt).paths == [
+        str(tmp_path / "images" / "sub" / n) for n in ("a.png", "b.png")
+    ]
     txt.write_text("a.png\nb.png\na.png\n")
     with pytest.raises(DatasetError, match=r"line 3: 'a.png' repeats line 1"):
         read_image_list(txt)
@@ -261,7 +267,9 @@ def test_real_nih14_sample(shared_datasets):
     table = read_nih(shared_datasets / "nih14-sample")
     assert len(table) == 423
     assert table.meta["patient_id"].nunique() == 423
-    positives = dict(zip(table.pathologies, table.labels.sum(axis=0).astype(int).tolist()))
+    positives = dict(
+        zip(table.pathologies, table.labels.sum(axis=0).astype(int).tolist(), strict=True)
+    )
     assert positives == NEEDED
     assert all(os.path.isfile(p) for p in table.paths)
     assert table.paths[0] == str(shared_datasets / "nih14-sample" / "images" / "00000075_000.png")

@@ -53,7 +53,12 @@ def test_to_dict_is_json_ready(table):
     d = describe(table).to_dict()
     back = json.loads(json.dumps(d, allow_nan=False))
     assert back["n_images"] == 4 and back["images_on_disk"] == 1
-    assert back["labels"]["Hernia"] == {"positive": 0, "negative": 0, "unknown": 4, "prevalence": None}
+    assert back["labels"]["Hernia"] == {
+        "positive": 0,
+        "negative": 0,
+        "unknown": 4,
+        "prevalence": None,
+    }
     assert back["labels"]["Mass"]["prevalence"] == 0.5
     assert back["splits"] == {"train": 2, "": 1, "test": 1}
 
@@ -62,7 +67,9 @@ def test_to_text_is_aligned(table):
     text = describe(table).to_text()
     assert "images:   4" in text and "patients: 3" in text and "(3 missing)" in text
     assert "(unknown) 1" in text
-    rows = [line for line in text.splitlines() if line.startswith(("label", "Mass", "Lung", "Hernia"))]
+    rows = [
+        line for line in text.splitlines() if line.startswith(("label", "Mass", "Lung", "Hernia"))
+    ]
     assert len(rows) == 4
     assert len({len(r) for r in rows}) == 1  # right-aligned columns: same width
     assert rows[1].split() == ["Mass", "2", "2", "0", "0.500"]

@@ -58,8 +58,9 @@ def test_demo_trains_a_model_and_reports_an_auc_per_label(demo):
     for name in ["roc_all", "pr_all"] + [f"roc_{n}" for n in labels]:
         assert _decodes(out / "report" / f"{name}.png")[0] > 100
     summary = json.loads(written["summary"].read_text())
-    assert summary["figures"]["test_macro_auc"] == pytest.approx(report["summary"]["macro_auc"],
-                                                                 abs=1e-4)
+    assert summary["figures"]["test_macro_auc"] == pytest.approx(
+        report["summary"]["macro_auc"], abs=1e-4
+    )
 
 
 def test_demo_predicts_and_explains_held_out_images(demo):
@@ -87,13 +88,17 @@ def test_demo_on_a_dataset(tmp_path):
 
     generate_phantoms(tmp_path / "mine", SynthConfig(n_images=80, size=64, seed=5), workers=1)
     lines: list[str] = []
-    written = run_demo(tmp_path / "out", data=tmp_path / "mine", size=32, epochs=1, workers=1,
-                       echo=lines.append)
+    written = run_demo(
+        tmp_path / "out", data=tmp_path / "mine", size=32, epochs=1, workers=1, echo=lines.append
+    )
     assert "phantoms" not in written and "heldout" not in written
     assert str(tmp_path / "mine") in lines[1]
     assert written["predictions"].read_text().count("Top finding:") >= 1
     assert json.loads((tmp_path / "out" / "report" / "report.json").read_text())["labels"]
-    assert json.loads(written["localization_json"].read_text())["settings"]["source_kind"] == "phantoms"
+    assert (
+        json.loads(written["localization_json"].read_text())["settings"]["source_kind"]
+        == "phantoms"
+    )
 
 
 def test_cli_demo_refuses_missing_data(tmp_path, capsys):
@@ -106,8 +111,13 @@ def test_cli_demo_refuses_missing_data(tmp_path, capsys):
 
 def test_demo_on_the_nih_sample_finds_its_boxes(shared_datasets, tmp_path):
     lines: list[str] = []
-    written = run_demo(tmp_path / "nih", data=shared_datasets / "nih14-sample", size=32,
-                       epochs=1, echo=lines.append)
+    written = run_demo(
+        tmp_path / "nih",
+        data=shared_datasets / "nih14-sample",
+        size=32,
+        epochs=1,
+        echo=lines.append,
+    )
     loc = json.loads(written["localization_json"].read_text())
     assert loc["settings"]["source_kind"] == "NIH boxes"
     assert sum(v["n"] for v in loc["per_label"].values()) > 0

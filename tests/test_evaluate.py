@@ -31,13 +31,19 @@ def test_per_label_and_summary_metrics_equal_sklearn():
     for j, name in enumerate(NAMES):
         row = r.label(name)
         assert row.auc == pytest.approx(roc_auc_score(labels[:, j], probs[:, j]), abs=1e-12)
-        assert row.average_precision == pytest.approx(average_precision_score(labels[:, j], probs[:, j]), abs=1e-12)
-        assert row.n_positive == labels[:, j].sum() and row.prevalence == pytest.approx(labels[:, j].mean())
+        assert row.average_precision == pytest.approx(
+            average_precision_score(labels[:, j], probs[:, j]), abs=1e-12
+        )
+        assert row.n_positive == labels[:, j].sum() and row.prevalence == pytest.approx(
+            labels[:, j].mean()
+        )
         assert row.auc_ci_low < row.auc < row.auc_ci_high and row.ci_resamples == 200
         assert row.operating is None
     assert r.macro_auc == pytest.approx(roc_auc_score(labels, probs, average="macro"), abs=1e-12)
     assert r.micro_auc == pytest.approx(roc_auc_score(labels, probs, average="micro"), abs=1e-12)
-    assert r.macro_average_precision == pytest.approx(average_precision_score(labels, probs, average="macro"))
+    assert r.macro_average_precision == pytest.approx(
+        average_precision_score(labels, probs, average="macro")
+    )
     assert r.n_images == 400 and r.n_patients == 200
 
 
@@ -60,7 +66,10 @@ def test_one_class_labels_are_left_out_with_a_reason_and_unknowns_counted():
     labels[:30, 2] = np.nan  # C: 30 unknown
     probs[30:35, 3] = np.nan  # D: 5 missing predictions
     r = evaluate(labels, probs, NAMES, patients, n_bootstrap=50)
-    assert r.macro_auc_labels == ["A", "C", "D"] and "no positive images (0 positive of 100)" in r.excluded["B"]
+    assert (
+        r.macro_auc_labels == ["A", "C", "D"]
+        and "no positive images (0 positive of 100)" in r.excluded["B"]
+    )
     assert math.isnan(r.label("B").auc) and "no positive" in r.label("B").note
     c = r.label("C")
     assert (c.n, c.n_unknown) == (70, 30)
@@ -80,8 +89,14 @@ def test_without_thresholds_no_operating_point_is_computed():
     assert all(row.operating is None for row in r.labels) and r.thresholds is None
     d = r.to_dict()
     for row in d["labels"]:
-        assert all(row[k] is None for k in ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "tp"))
-    assert "not reported" in r.to_markdown() and "sensitivity" not in r.to_markdown().split("## Per label")[1]
+        assert all(
+            row[k] is None
+            for k in ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "tp")
+        )
+    assert (
+        "not reported" in r.to_markdown()
+        and "sensitivity" not in r.to_markdown().split("## Per label")[1]
+    )
 
 
 def test_given_thresholds_are_the_ones_applied():
@@ -93,7 +108,9 @@ def test_given_thresholds_are_the_ones_applied():
         assert op.threshold == given[name]
         tn, fp, fn, tp = confusion_matrix(labels[:, j], probs[:, j] >= given[name]).ravel()
         assert (op.tp, op.fp, op.tn, op.fn) == (tp, fp, tn, fn)
-        assert op.sensitivity == pytest.approx(tp / (tp + fn)) and op.npv == pytest.approx(tn / (tn + fn))
+        assert op.sensitivity == pytest.approx(tp / (tp + fn)) and op.npv == pytest.approx(
+            tn / (tn + fn)
+        )
     assert r.label("D").operating is None and "no threshold was given for D" in r.label("D").note
     assert r.thresholds == "given by the caller"
 
@@ -101,23 +118,39 @@ def test_given_thresholds_are_the_ones_applied():
 def test_thresholds_come_from_validation_and_ignore_test_labels():
     val_labels, val_probs, _ = _data(300, seed=10)
     test_labels, test_probs, test_patients = _data(300, seed=11)
-    report, chosen = evaluate_with_validation(val_labels, val_probs, test_labels, test_probs, NAMES,
-                                              test_patients, n_bootstrap=0, val_source="val.csv")
+    report, chosen = evaluate_with_validation(
+        val_labels,
+        val_probs,
+        test_labels,
+        test_probs,
+        NAMES,
+        test_patients,
+        n_bootstrap=0,
+        val_source="val.csv",
+    )
     assert dict(chosen) == dict(choose_thresholds(val_labels, val_probs, NAMES))
     assert [r.operating.threshold for r in report.labels] == [chosen[n] for n in NAMES]
     assert report.thresholds == "youden on val.csv"
     # the test set's own Youden thresholds differ, and flipping test labels changes nothing chosen
     own = choose_thresholds(test_labels, test_probs, NAMES)
     assert any(own[n] != chosen[n] for n in NAMES)
-    _, again = evaluate_with_validation(val_labels, val_probs, 1 - test_labels, test_probs, NAMES, n_bootstrap=0)
+    _, again = evaluate_with_validation(
+        val_labels, val_probs, 1 - test_labels, test_probs, NAMES, n_bootstrap=0
+    )
     assert dict(again) == dict(chosen)
 
 
 def test_threshold_notes_explain_missing_thresholds():
     labels, probs, patients = _data(100)
-    thr = Thresholds({"A": 0.4}, "youden", notes={"B": "no threshold: the validation data have no positive images"})
+    thr = Thresholds(
+        {"A": 0.4},
+        "youden",
+        notes={"B": "no threshold: the validation data have no positive images"},
+    )
     r = evaluate(labels, probs, NAMES, patients, thresholds=thr, n_bootstrap=0)
-    assert "validation data have no positive" in r.label("B").note and r.label("B").operating is None
+    assert (
+        "validation data have no positive" in r.label("B").note and r.label("B").operating is None
+    )
 
 
 def test_json_keys_are_stable_and_valid():
@@ -125,8 +158,19 @@ def test_json_keys_are_stable_and_valid():
     labels[:, 3] = 0
     d = evaluate(labels, probs, NAMES, patients, n_bootstrap=20).to_dict()
     text = json.dumps(d, allow_nan=False)
-    assert set(d) == {"research_notice", "cxr_version", "sources", "summary", "macro_auc_labels",
-                      "excluded_from_macro", "thresholds", "labels", "reliability", "settings", "notes"}
+    assert set(d) == {
+        "research_notice",
+        "cxr_version",
+        "sources",
+        "summary",
+        "macro_auc_labels",
+        "excluded_from_macro",
+        "thresholds",
+        "labels",
+        "reliability",
+        "settings",
+        "notes",
+    }
     assert d["research_notice"] == RESEARCH_NOTICE and "NaN" not in text
     keys = {tuple(row) for row in d["labels"]}
     assert len(keys) == 1  # every label row has the same keys, absent values null
@@ -150,12 +194,16 @@ def test_compare_delong_and_bootstrap():
     rng = np.random.default_rng(5)
     probs_b = np.clip(probs_a + rng.normal(0, 0.3, probs_a.shape), 0, 1)
     labels[:, 3] = 1.0
-    c = compare(labels, probs_a, probs_b, NAMES, patients, n_bootstrap=200, model_names=("new", "old"))
-    for j, name in enumerate(NAMES[:3]):
+    c = compare(
+        labels, probs_a, probs_b, NAMES, patients, n_bootstrap=200, model_names=("new", "old")
+    )
+    for j, _name in enumerate(NAMES[:3]):
         row = c.rows[j]
         assert row.auc_a == pytest.approx(roc_auc_score(labels[:, j], probs_a[:, j]))
         assert row.auc_b == pytest.approx(roc_auc_score(labels[:, j], probs_b[:, j]))
-        assert row.p_value == pytest.approx(delong_test(labels[:, j], probs_a[:, j], probs_b[:, j]).p_value)
+        assert row.p_value == pytest.approx(
+            delong_test(labels[:, j], probs_a[:, j], probs_b[:, j]).p_value
+        )
         assert row.diff_ci_low < row.diff < row.diff_ci_high
     assert "not compared" in c.rows[3].note and math.isnan(c.rows[3].diff)
     assert len(c.compared) == 3
@@ -170,11 +218,15 @@ def test_peer_predictions_reproduce_the_readme(shared_datasets):
     from cxr.evaluation.predictions import align, read_predictions
 
     folder = shared_datasets / "nih14-sample"
-    y, p, patients, rep = align(load_dataset(folder), read_predictions(folder / "peer_predictions.csv"))
+    y, p, patients, rep = align(
+        load_dataset(folder), read_predictions(folder / "peer_predictions.csv")
+    )
     r = evaluate(y, p, rep.pathologies, patients, n_bootstrap=100)
     assert len(r.labels) == 14 and r.n_images == 423
     for j, row in enumerate(r.labels):
         assert row.auc == pytest.approx(roc_auc_score(y[:, j], p[:, j]), abs=1e-9)
     assert round(r.macro_auc, 3) == 0.773
     positives = {row.name: row.n_positive for row in r.labels}
-    assert positives["Infiltration"] == 91 and positives["Hernia"] == 13  # counts stated in the README
+    assert (
+        positives["Infiltration"] == 91 and positives["Hernia"] == 13
+    )  # counts stated in the README

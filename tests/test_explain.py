@@ -32,7 +32,9 @@ LABELS = ("Cardiomegaly", "Effusion", "Mass")
 
 def make_model(backbone: str = "cxr-small-cnn", size: int = 64, seed: int = 0):
     torch.manual_seed(seed)
-    return build_model(ModelSpec(labels=LABELS, backbone=backbone, preprocessing=Preprocessing(size=size))).eval()
+    return build_model(
+        ModelSpec(labels=LABELS, backbone=backbone, preprocessing=Preprocessing(size=size))
+    ).eval()
 
 
 def image(size: int = 64, seed: int = 1) -> np.ndarray:
@@ -55,7 +57,7 @@ def test_every_backbone_gives_maps_at_input_resolution(backbone):
     assert [type(e) for e in exps] == [Explanation, Explanation]
     for e in exps:
         assert e.heatmap.shape == (64, 64) and e.heatmap.dtype == np.float32
-        assert 0.0 <= e.heatmap.min() and e.heatmap.max() <= 1.0
+        assert e.heatmap.min() >= 0.0 and e.heatmap.max() <= 1.0
         assert e.heatmap.max() == pytest.approx(1.0) or e.note == CONSTANT_NOTE
         assert 0.0 <= e.probability <= 1.0
     # most probable first

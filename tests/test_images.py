@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_files import write_dicom
 from PIL import Image, ImageFile, JpegImagePlugin
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -31,6 +30,7 @@ from cxr.images import (
     load_for_cache,
     read_gray,
 )
+from dicom_files import write_dicom
 
 RNG = np.random.default_rng(0)
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -62,10 +62,10 @@ def reason_of(path: Path, func=read_gray) -> ImageReadError:
 
 # constants -----------------------------------------------------------------------------
 def test_constants():
-    assert IMAGE_SUFFIXES == {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+    assert {".png", ".jpg", ".jpeg", ".dcm", ".dicom"} == IMAGE_SUFFIXES
     assert FIT_MODES == ("pad", "crop")
     # the guards stay on
-    assert Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3)
+    assert int(1024 * 1024 * 1024 // 4 // 3) == Image.MAX_IMAGE_PIXELS
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
@@ -237,8 +237,12 @@ def test_dicom_rescale_and_window(tmp_path):
     # stored * 2 - 1024 = [-1024, -24, 76, 176, 1976]; window 76 +- 100
     stored = np.array([[0, 500, 550, 600, 1500]], np.uint16).repeat(2, 0)
     path = write_dicom(
-        tmp_path / "w.dcm", stored, RescaleSlope=2, RescaleIntercept=-1024,
-        WindowCenter=76, WindowWidth=200,
+        tmp_path / "w.dcm",
+        stored,
+        RescaleSlope=2,
+        RescaleIntercept=-1024,
+        WindowCenter=76,
+        WindowWidth=200,
     )
     out = read_gray(path)[0]
     assert out[0] == 0 and out[4] == 1  # outside the window: clipped

@@ -1,13 +1,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+
+from cxr.leakage import LeakageReport, find_leakage
+from cxr.split import split_by_patient, split_tables
 from test_split import (  # small table builders shared with the split tests
     make,
     synthetic,
 )
-
-from cxr.leakage import LeakageReport, find_leakage
-from cxr.split import split_by_patient, split_tables
 
 
 def test_find_leakage_clean_split():

@@ -54,9 +54,7 @@ def test_peak_of_a_plateau_is_its_middle():
 
 
 def test_heatmap_iou_by_hand():
-    heat = np.array([[1.0, 0.6, 0.2],
-                     [0.5, 0.4, 0.0],
-                     [0.0, 0.0, 0.0]], np.float32)
+    heat = np.array([[1.0, 0.6, 0.2], [0.5, 0.4, 0.0], [0.0, 0.0, 0.0]], np.float32)
     mask = np.zeros((3, 3), bool)
     mask[0, 0] = mask[0, 1] = mask[1, 1] = True
     # >= 0.5 * max: {(0,0), (0,1), (1,0)}; mask {(0,0), (0,1), (1,1)} -> 2 / 4
@@ -138,8 +136,16 @@ def test_read_nih_boxes_handles_the_odd_header(tmp_path):
 def test_read_the_real_nih_boxes(shared_datasets):
     frame = read_nih_boxes(shared_datasets / "nih14-metadata" / "BBox_List_2017.csv.gz")
     assert len(frame) == 984
-    assert set(frame["label"]) == {"Atelectasis", "Cardiomegaly", "Effusion", "Infiltration",
-                                   "Mass", "Nodule", "Pneumonia", "Pneumothorax"}
+    assert set(frame["label"]) == {
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Infiltration",
+        "Mass",
+        "Nodule",
+        "Pneumonia",
+        "Pneumothorax",
+    }
     assert (frame["x"] >= 0).all() and (frame["x"] + frame["w"] <= 1024 + 1).all()
     assert (frame["y"] >= 0).all() and (frame["y"] + frame["h"] <= 1024 + 1).all()
 
@@ -156,14 +162,19 @@ def test_localization_report_on_the_nih_sample(shared_datasets, tmp_path):
     assert len(pairs["image"].unique()) == 9  # as the datasets README says
     labels = sorted(set(pairs["label"]))
     torch.manual_seed(0)
-    model = build_model(ModelSpec(labels=tuple(labels), backbone="cxr-small-cnn",
-                                  preprocessing=Preprocessing(size=64)))
+    model = build_model(
+        ModelSpec(
+            labels=tuple(labels), backbone="cxr-small-cnn", preprocessing=Preprocessing(size=64)
+        )
+    )
     path = save_model(tmp_path / "nih.safetensors", model)
-    report = localization_report(path, sample, boxes=shared_datasets / "nih14-metadata"
-                                 / "BBox_List_2017.csv.gz")
+    report = localization_report(
+        path, sample, boxes=shared_datasets / "nih14-metadata" / "BBox_List_2017.csv.gz"
+    )
     assert report.settings["source_kind"] == "NIH boxes"
-    assert {k: v["n"] for k, v in report.per_label.items()} == \
-        pairs.groupby("label").size().to_dict()
+    assert {k: v["n"] for k, v in report.per_label.items()} == pairs.groupby(
+        "label"
+    ).size().to_dict()
     assert all(0.0 <= r["iou"] <= 1.0 for r in report.records)
     # the boxes file is found beside the datasets without --boxes
     again = localization_report(path, sample, labels=[labels[0]])
@@ -173,10 +184,11 @@ def test_localization_report_on_the_nih_sample(shared_datasets, tmp_path):
 def test_phantom_masks(tmp_path):
     from cxr.synth import SynthConfig, generate_phantoms
 
-    table = generate_phantoms(tmp_path / "ph", SynthConfig(n_images=6, size=64, seed=3,
-                                                           prevalence=0.5), workers=1)
+    table = generate_phantoms(
+        tmp_path / "ph", SynthConfig(n_images=6, size=64, seed=3, prevalence=0.5), workers=1
+    )
     seen = 0
-    for path, row in zip(table.paths, table.labels):
+    for path, row in zip(table.paths, table.labels, strict=True):
         for j, label in enumerate(table.pathologies):
             mask = phantom_masks(tmp_path / "ph", path, label)
             if row[j] == 1:
@@ -205,8 +217,9 @@ def trained(trained_phantom_model, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("loc")
     # held out: other patients (another seed), same size as the phantoms of the caches
-    held = generate_phantoms(root / "heldout", SynthConfig(n_images=300, size=128, seed=101),
-                             workers=1)
+    held = generate_phantoms(
+        root / "heldout", SynthConfig(n_images=300, size=128, seed=101), workers=1
+    )
     return trained_phantom_model, root / "heldout", held
 
 
@@ -214,25 +227,28 @@ def test_grad_cam_points_at_the_planted_findings(trained, capsys):
     result, held_dir, held = trained
     best = result.history[result.best_epoch]
     tolerance = TOLERANCE * 128
-    report = localization_report(result.best_model, held_dir, method="gradcam",
-                                 tolerance=tolerance)
-    plus = localization_report(result.best_model, held_dir, method="gradcam++",
-                               tolerance=tolerance)
-    lines = [f"pointing game on 300 held-out phantoms, strict / within {tolerance:.1f} px; "
-             "Grad-CAM, then Grad-CAM++"]
+    report = localization_report(result.best_model, held_dir, method="gradcam", tolerance=tolerance)
+    plus = localization_report(result.best_model, held_dir, method="gradcam++", tolerance=tolerance)
+    lines = [
+        f"pointing game on 300 held-out phantoms, strict / within {tolerance:.1f} px; "
+        "Grad-CAM, then Grad-CAM++"
+    ]
     for label, d in report.per_label.items():
         p = plus.per_label[label]
-        lines.append(f"{label:<14} val AUC {best['val_auc_' + label]:.3f}  n {d['n']:>3}  "
-                     f"pointing {d['pointing_game']:.3f} / {d['pointing_game_tolerant']:.3f}  "
-                     f"++ {p['pointing_game']:.3f} / {p['pointing_game_tolerant']:.3f}  "
-                     f"IoU {d['mean_iou']:.3f}")
+        lines.append(
+            f"{label:<14} val AUC {best['val_auc_' + label]:.3f}  n {d['n']:>3}  "
+            f"pointing {d['pointing_game']:.3f} / {d['pointing_game_tolerant']:.3f}  "
+            f"++ {p['pointing_game']:.3f} / {p['pointing_game_tolerant']:.3f}  "
+            f"IoU {d['mean_iou']:.3f}"
+        )
     with capsys.disabled():
         print("\n" + "\n".join(lines))
     assert set(report.per_label) == set(held.pathologies)
     for label, d in report.per_label.items():
         assert d["n"] >= 30, label
-        assert d["pointing_game_tolerant"] >= 0.8, \
+        assert d["pointing_game_tolerant"] >= 0.8, (
             f"{label}: pointing game within {tolerance:.1f} px {d['pointing_game_tolerant']:.3f}"
+        )
     for label in MUST_POINT_STRICTLY:
         d = report.per_label[label]
         assert d["pointing_game"] >= 0.8, f"{label}: strict pointing game {d['pointing_game']:.3f}"
@@ -249,7 +265,9 @@ def test_heatmap_of_a_trained_model_changes_with_the_label(trained):
     j = [held.pathologies.index(n) for n in ("Cardiomegaly", "Mass")]
     row = int(np.flatnonzero((held.labels[:, j] == 1).all(axis=1))[0])
     image = load_for_cache(held.paths[row], loaded.spec.input_size)
-    maps = {e.label: e.heatmap for e in explain(loaded.model, image, labels=["Cardiomegaly", "Mass"])}
+    maps = {
+        e.label: e.heatmap for e in explain(loaded.model, image, labels=["Cardiomegaly", "Mass"])
+    }
     r = np.corrcoef(maps["Cardiomegaly"].ravel(), maps["Mass"].ravel())[0, 1]
     assert r < 0.99
     assert heatmap_peak(maps["Cardiomegaly"]) != heatmap_peak(maps["Mass"])
@@ -257,14 +275,40 @@ def test_heatmap_of_a_trained_model_changes_with_the_label(trained):
 
 def test_cli_localize(trained, tmp_path, capsys):
     result, held_dir, _ = trained
-    assert main(["localize", str(result.best_model), str(held_dir), "--labels",
-                              "Mass,Effusion", "--out", str(tmp_path / "loc"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "localize",
+                str(result.best_model),
+                str(held_dir),
+                "--labels",
+                "Mass,Effusion",
+                "--out",
+                str(tmp_path / "loc"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Mass" in out and "Effusion" in out and "Cardiomegaly" not in out
     assert (tmp_path / "loc" / "localization.json").is_file()
     assert (tmp_path / "loc" / "localization.csv").read_text().startswith("image,label,probability")
-    assert main(["localize", str(result.best_model), str(tmp_path), "--no-progress"]) == 2  # neither phantoms nor boxes
+    assert (
+        main(["localize", str(result.best_model), str(tmp_path), "--no-progress"]) == 2
+    )  # neither phantoms nor boxes
     assert "BBox_List_2017" in capsys.readouterr().err
-    assert main(["localize", str(result.best_model), str(held_dir), "--threshold",
-                              "1.5", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "localize",
+                str(result.best_model),
+                str(held_dir),
+                "--threshold",
+                "1.5",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "threshold must be a fraction of the maximum in (0, 1]" in capsys.readouterr().err

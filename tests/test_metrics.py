@@ -133,7 +133,10 @@ def test_youden_hand_worked():
 def test_youden_maximises_j_by_brute_force():
     y, p = _data(seed=6)
     t = M.youden_threshold(y, p)
-    j = {c: M.confusion_at(y, p, c).sensitivity + M.confusion_at(y, p, c).specificity - 1 for c in np.unique(p)}
+    j = {
+        c: M.confusion_at(y, p, c).sensitivity + M.confusion_at(y, p, c).specificity - 1
+        for c in np.unique(p)
+    }
     assert j[t] == pytest.approx(max(j.values()))
     assert t == max(c for c, v in j.items() if v >= max(j.values()) - 1e-12)
 
@@ -171,7 +174,9 @@ def test_reliability_bins_equal_sklearn_calibration_curve():
 def test_ece_hand_worked():
     # bin (0.1,0.2]: p 0.15, 0.15, y 0, 1 -> |0.5-0.15| = 0.35, weight 2/4
     # bin (0.8,0.9]: p 0.85, 0.85, y 1, 1 -> |1-0.85| = 0.15, weight 2/4
-    assert M.expected_calibration_error([0, 1, 1, 1], [0.15, 0.15, 0.85, 0.85]) == pytest.approx(0.25)
+    assert M.expected_calibration_error([0, 1, 1, 1], [0.15, 0.15, 0.85, 0.85]) == pytest.approx(
+        0.25
+    )
     assert M.expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         M.expected_calibration_error([0, 1], [-0.5, 2.0])
@@ -281,7 +286,9 @@ def test_delong_equals_explicit_kernel_and_scipy_normal():
     np.testing.assert_allclose(aucs, ea)
     np.testing.assert_allclose(cov, ecov)
     r = S.delong_test(y, p1, p2)
-    assert r.auc1 == pytest.approx(roc_auc_score(y, p1)) and r.auc2 == pytest.approx(roc_auc_score(y, p2))
+    assert r.auc1 == pytest.approx(roc_auc_score(y, p1)) and r.auc2 == pytest.approx(
+        roc_auc_score(y, p2)
+    )
     se = math.sqrt(ecov[0, 0] + ecov[1, 1] - 2 * ecov[0, 1])
     assert r.se == pytest.approx(se) and r.z == pytest.approx((ea[0] - ea[1]) / se)
     assert r.p_value == pytest.approx(2 * norm.sf(abs(r.z)))

@@ -39,7 +39,9 @@ def randomise_buffers(model):
 def saved(tmp_path_factory):
     """(model, path) of a densenet121 model file at 64 px, with thresholds and a summary."""
     torch.manual_seed(0)
-    model = randomise_buffers(build_model(ModelSpec(labels=LABELS, preprocessing=Preprocessing(size=64))))
+    model = randomise_buffers(
+        build_model(ModelSpec(labels=LABELS, preprocessing=Preprocessing(size=64)))
+    )
     path = tmp_path_factory.mktemp("saved") / "model.safetensors"
     training = {
         "epochs": np.int64(3),
@@ -274,12 +276,21 @@ def write_v1_file(path, model, fit=None):
     from safetensors.torch import save as st_save
 
     spec = model.spec
-    meta = {"format": "cxr-model", "format_version": 1,
-            "spec": {"labels": list(spec.labels), "backbone": spec.backbone,
-                     "input_size": spec.input_size, "head": spec.head.to_dict(),
-                     "mean": list(spec.mean), "std": list(spec.std)},
-            "thresholds": {"Effusion": 0.4}, "training": {} if fit is None else {"fit": fit},
-            "cxr_version": "0.1.0"}
+    meta = {
+        "format": "cxr-model",
+        "format_version": 1,
+        "spec": {
+            "labels": list(spec.labels),
+            "backbone": spec.backbone,
+            "input_size": spec.input_size,
+            "head": spec.head.to_dict(),
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        },
+        "thresholds": {"Effusion": 0.4},
+        "training": {} if fit is None else {"fit": fit},
+        "cxr_version": "0.1.0",
+    }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     h = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
     for name in sorted(tensors):
@@ -296,8 +307,13 @@ def test_a_format_1_file_still_loads_and_predicts_the_same(tmp_path, fit):
     from cxr.inference import Predictor
 
     torch.manual_seed(1)
-    model = build_model(ModelSpec(labels=LABELS, backbone="cxr-small-cnn",
-                                  preprocessing=Preprocessing(size=48, fit=fit or "pad"))).eval()
+    model = build_model(
+        ModelSpec(
+            labels=LABELS,
+            backbone="cxr-small-cnn",
+            preprocessing=Preprocessing(size=48, fit=fit or "pad"),
+        )
+    ).eval()
     old = write_v1_file(tmp_path / "v1.safetensors", model, fit)
     new = save_model(tmp_path / "v2.safetensors", model, thresholds={"Effusion": 0.4})
     info = read_model_info(old)

@@ -36,7 +36,9 @@ FEATURES = {
 
 def small(backbone="densenet121", **kw) -> ChestClassifier:
     torch.manual_seed(0)
-    return build_model(ModelSpec(labels=LABELS, backbone=backbone, preprocessing=Preprocessing(size=64), **kw))
+    return build_model(
+        ModelSpec(labels=LABELS, backbone=backbone, preprocessing=Preprocessing(size=64), **kw)
+    )
 
 
 def gray(b=2, size=64, seed=1) -> torch.Tensor:
@@ -116,7 +118,8 @@ def test_spec_normalisation_follows_backbone_weights_unless_given():
         (128 / 255,) * 3
     )
     custom = ModelSpec(
-        labels=LABELS, backbone="efficientnet-lite0",
+        labels=LABELS,
+        backbone="efficientnet-lite0",
         preprocessing=Preprocessing(mean=(0.5, 0.5, 0.5), std=[0.25] * 3),
     )
     assert custom.mean == (0.5, 0.5, 0.5) and custom.std == (0.25, 0.25, 0.25)
@@ -301,12 +304,19 @@ def test_parameter_groups_cover_every_parameter_once_and_survive_unfreezing():
     model.train()
     model(gray()).pow(2).mean().backward()
     opt.step()
-    assert all(torch.equal(a, p) for a, p in zip(backbone_before, model.backbone.parameters()))
-    assert any(not torch.equal(a, p) for a, p in zip(head_before, model.head.parameters()))
+    assert all(
+        torch.equal(a, p) for a, p in zip(backbone_before, model.backbone.parameters(), strict=True)
+    )
+    assert any(
+        not torch.equal(a, p) for a, p in zip(head_before, model.head.parameters(), strict=True)
+    )
     unfreeze_backbone(model)
     opt.zero_grad()
     model(gray()).pow(2).mean().backward()
     opt.step()
-    assert any(not torch.equal(a, p) for a, p in zip(backbone_before, model.backbone.parameters()))
+    assert any(
+        not torch.equal(a, p)
+        for a, p in zip(backbone_before, model.backbone.parameters(), strict=True)
+    )
     with pytest.raises(ValueError, match="lr_head"):
         parameter_groups(model, 1e-4, float("nan"))

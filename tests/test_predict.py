@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dicom_files import write_dicom
 from PIL import Image
 
 from cxr import RESEARCH_NOTICE
@@ -26,6 +25,7 @@ from cxr.inference import (
 from cxr.modelfile import load_model, save_model
 from cxr.models import ModelSpec, Preprocessing, build_model
 from cxr.table import LabelTable
+from dicom_files import write_dicom
 
 LABELS = ("Cardiomegaly", "Effusion", "Mass")
 THRESHOLDS = {"Cardiomegaly": 0.42, "Mass": 0.6}  # none stored for Effusion
@@ -53,11 +53,14 @@ def model_file(tmp_path_factory) -> Path:
     """A random small CNN whose head is set by hand so that its probabilities depend on the
     image: logits [0.5, 0, -0.5] for ``base_image()`` and [2.5, -1, 0.5] for the other one."""
     torch.manual_seed(0)
-    model = build_model(ModelSpec(labels=LABELS, backbone="cxr-small-cnn", preprocessing=Preprocessing(size=64))).eval()
+    model = build_model(
+        ModelSpec(labels=LABELS, backbone="cxr-small-cnn", preprocessing=Preprocessing(size=64))
+    ).eval()
     pix = [load_array(base_image()), load_array(base_image(96, 70, seed=3))]
     with torch.no_grad():
-        fa, fb = (model.head.pool(model.features(torch.from_numpy(p)[None, None] / 255.0))[0]
-                  for p in pix)
+        fa, fb = (
+            model.head.pool(model.features(torch.from_numpy(p)[None, None] / 255.0))[0] for p in pix
+        )
         d = (fb - fa) / (fb - fa).pow(2).sum()
         model.head.out.weight.copy_(torch.tensor([2.0, -1.0, 1.0])[:, None] * d[None])
         model.head.out.bias.copy_(torch.tensor([0.5, 0.0, -0.5]) - model.head.out.weight @ fa)
@@ -81,8 +84,9 @@ def images(tmp_path_factory) -> dict[str, Path]:
         "png": write_png(root / "a.png", base),
         "other": write_png(root / "sub" / "b.png", base_image(96, 70, seed=3)),
         "mono2": write_dicom(root / "c.dcm", base.astype(np.uint16) * 257, "MONOCHROME2"),
-        "mono1": write_dicom(root / "sub" / "d.dcm", 65535 - base.astype(np.uint16) * 257,
-                             "MONOCHROME1"),
+        "mono1": write_dicom(
+            root / "sub" / "d.dcm", 65535 - base.astype(np.uint16) * 257, "MONOCHROME1"
+        ),
     }
     (root / "labels.csv").write_text("Image,Effusion\na.png,1\n")
     (root / ".hidden.png").write_bytes(b"not an image")
@@ -101,8 +105,14 @@ def test_list_images_expands_folders_in_order(images, tmp_path):
     bare.write_bytes(images["mono2"].read_bytes())
     ignored: list[Path] = []
     found = list_images([images["other"], root, bare, root / "missing.png"], ignored)
-    assert found == [images["other"], images["png"], images["mono2"], images["mono1"], bare,
-                     root / "missing.png"]  # given order, folder sorted, repeats once
+    assert found == [
+        images["other"],
+        images["png"],
+        images["mono2"],
+        images["mono1"],
+        bare,
+        root / "missing.png",
+    ]  # given order, folder sorted, repeats once
     assert ignored == [root / "labels.csv"]
     assert list_images(tmp_path) == [bare]  # DICOM found by its DICM signature
 
@@ -128,8 +138,9 @@ def test_png_matches_the_cache_row_of_the_same_image(model_file, images, tmp_pat
         by_hand = torch.sigmoid(load_model(model_file).model(x)).numpy()
     np.testing.assert_allclose(result.probs[:1], by_hand, atol=1e-6)
     # the whole cache, read ahead in batches smaller than it: the same rows
-    np.testing.assert_allclose(Predictor(model_file, batch_size=1).predict_cache(cache),
-                               from_cache, atol=1e-6)
+    np.testing.assert_allclose(
+        Predictor(model_file, batch_size=1).predict_cache(cache), from_cache, atol=1e-6
+    )
 
 
 def test_precision_and_memory_format_options(model_file, images):
@@ -166,18 +177,40 @@ def test_unreadable_files_are_reported_by_name_and_skipped(model_file, images, t
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     result = Predictor(model_file, batch_size=2).predict_images(
-        [images["png"], corrupt, text, images["mono1"], tmp_path / "gone.png"])
-    assert [it.path for it in result.items] == [str(images["png"]), str(corrupt), str(text),
-                                                str(images["mono1"]), str(tmp_path / "gone.png")]
+        [images["png"], corrupt, text, images["mono1"], tmp_path / "gone.png"]
+    )
+    assert [it.path for it in result.items] == [
+        str(images["png"]),
+        str(corrupt),
+        str(text),
+        str(images["mono1"]),
+        str(tmp_path / "gone.png"),
+    ]
     assert [it.ok for it in result.items] == [True, False, False, True, False]
     reasons = {Path(it.path).name: it.reason for it in result.skipped}
-    assert reasons == {"corrupt.png": "truncated", "notes.txt": "unsupported", "gone.png": "missing"}
+    assert reasons == {
+        "corrupt.png": "truncated",
+        "notes.txt": "unsupported",
+        "gone.png": "missing",
+    }
     assert not result.all_succeeded and result.probs.shape == (2, 3)
     out = result.to_text()
     assert f"{corrupt}: truncated" in out and f"{text}: unsupported" in out
     # the command: every skipped file on stderr, exit code 1
-    code = cli(["predict", str(model_file), str(images["png"]), str(corrupt), str(text),
-                "--no-progress", "--format", "json", "--out", str(tmp_path / "p.json")])
+    code = cli(
+        [
+            "predict",
+            str(model_file),
+            str(images["png"]),
+            str(corrupt),
+            str(text),
+            "--no-progress",
+            "--format",
+            "json",
+            "--out",
+            str(tmp_path / "p.json"),
+        ]
+    )
     assert code == 1
     data = json.loads((tmp_path / "p.json").read_text())
     assert [s["path"] for s in data["skipped"]] == [str(corrupt), str(text)]
@@ -207,13 +240,19 @@ def test_tta_is_the_mean_over_the_documented_views(model_file, images):
 
 def test_preprocessing_follows_the_model_file(images, tmp_path):
     torch.manual_seed(0)
-    model = build_model(ModelSpec(labels=LABELS, backbone="cxr-small-cnn",
-                                  preprocessing=Preprocessing(size=48, fit="crop")))
+    model = build_model(
+        ModelSpec(
+            labels=LABELS,
+            backbone="cxr-small-cnn",
+            preprocessing=Preprocessing(size=48, fit="crop"),
+        )
+    )
     path = save_model(tmp_path / "crop.safetensors", model)
     predictor = Predictor(path)
     assert (predictor.fit, predictor.size) == ("crop", 48)
-    assert np.array_equal(predictor.preprocess(images["other"]),
-                          load_for_cache(images["other"], 48, "crop"))
+    assert np.array_equal(
+        predictor.preprocess(images["other"]), load_for_cache(images["other"], 48, "crop")
+    )
     with pytest.raises(ValueError, match=r"uint8 \(B, 48, 48\).*--fit crop"):
         predictor.predict_arrays(np.zeros((1, 64, 64), np.uint8))
     with pytest.raises(ValueError, match="fit must be one of"):
@@ -222,9 +261,11 @@ def test_preprocessing_follows_the_model_file(images, tmp_path):
 
 # rendering --------------------------------------------------------------------------------
 def made_up_result() -> PredictionResult:
-    items = [ImagePrediction("x.png", np.array([0.3, 0.91, 0.75], np.float32)),
-             ImagePrediction("y.png", np.array([0.5, 0.1, 0.2], np.float32)),
-             ImagePrediction("z.txt", None, "unsupported", "not a PNG or JPEG image")]
+    items = [
+        ImagePrediction("x.png", np.array([0.3, 0.91, 0.75], np.float32)),
+        ImagePrediction("y.png", np.array([0.5, 0.1, 0.2], np.float32)),
+        ImagePrediction("z.txt", None, "unsupported", "not a PNG or JPEG image"),
+    ]
     return PredictionResult(LABELS, {"Effusion": 0.42, "Mass": 0.8}, items)
 
 
@@ -241,10 +282,14 @@ def test_text_has_headline_ranked_table_marks_and_notice():
     assert "no threshold stored (Cardiomegaly)" in text
     assert "z.txt: unsupported: not a PNG or JPEG image" in text
     assert text.rstrip().endswith(RESEARCH_NOTICE)
-    assert made_up_result().headline(np.array([0.1, 0.3, 0.5])) == \
-        "Top finding: Mass 0.50 (below threshold 0.80)"
-    assert made_up_result().headline(np.array([0.1, 0.3, 0.803])) == \
-        "Top finding: Mass 0.803 (above threshold 0.800)"
+    assert (
+        made_up_result().headline(np.array([0.1, 0.3, 0.5]))
+        == "Top finding: Mass 0.50 (below threshold 0.80)"
+    )
+    assert (
+        made_up_result().headline(np.array([0.1, 0.3, 0.803]))
+        == "Top finding: Mass 0.803 (above threshold 0.800)"
+    )
 
 
 def test_json_and_csv(tmp_path):
@@ -252,14 +297,20 @@ def test_json_and_csv(tmp_path):
     data = json.loads(result.to_json())
     first = data["images"][0]
     assert first["above_threshold"] == ["Effusion"]
-    assert first["top_finding"] == {"label": "Effusion", "probability": pytest.approx(0.91),
-                                    "threshold": 0.42, "above_threshold": True}
+    assert first["top_finding"] == {
+        "label": "Effusion",
+        "probability": pytest.approx(0.91),
+        "threshold": 0.42,
+        "above_threshold": True,
+    }
     assert data["skipped"][0]["reason"] == "unsupported" and data["notice"] == RESEARCH_NOTICE
     path = tmp_path / "p.csv"
     path.write_text(result.to_csv())
     lines = path.read_text().splitlines()
-    assert lines[0] == ("Image Index,prob_Cardiomegaly,prob_Effusion,prob_Mass,above_Cardiomegaly,"
-                        "above_Effusion,above_Mass,notice")
+    assert lines[0] == (
+        "Image Index,prob_Cardiomegaly,prob_Effusion,prob_Mass,above_Cardiomegaly,"
+        "above_Effusion,above_Mass,notice"
+    )
     assert lines[1].split(",")[4:7] == ["", "1", "0"] and RESEARCH_NOTICE in lines[1]
     back = read_predictions(path)  # readable by cxr evaluate
     assert back.pathologies == LABELS and list(back.images) == ["x.png", "y.png"]
@@ -274,19 +325,56 @@ def test_cli_predict_text_csv_and_explain(model_file, images, tmp_path, capsys):
     assert code == 0
     assert out.out.count("Top finding:") == 4 and RESEARCH_NOTICE in out.out
     assert "non-image file(s)" in out.out  # labels.csv was ignored, said so
-    assert cli(["predict", str(model_file), str(images["png"]), "--format", "csv", "--tta",
-                "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                str(model_file),
+                str(images["png"]),
+                "--format",
+                "csv",
+                "--tta",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert out.out.startswith("Image Index,prob_Cardiomegaly") and RESEARCH_NOTICE in out.err
-    code = cli(["predict", str(model_file), str(images["png"]), str(images["mono1"]),
-                "--explain", str(tmp_path / "cams"), "--top-k", "2", "--method", "gradcam++",
-                "--no-progress"])
+    code = cli(
+        [
+            "predict",
+            str(model_file),
+            str(images["png"]),
+            str(images["mono1"]),
+            "--explain",
+            str(tmp_path / "cams"),
+            "--top-k",
+            "2",
+            "--method",
+            "gradcam++",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     pngs = sorted(p.name for p in (tmp_path / "cams").iterdir())
     assert pngs == ["a_Cardiomegaly.png", "a_Effusion.png", "d_Cardiomegaly.png", "d_Effusion.png"]
     capsys.readouterr()
-    assert cli(["predict", str(model_file), str(images["png"]), "--explain",
-                str(tmp_path / "named"), "--explain-labels", "Mass", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                str(model_file),
+                str(images["png"]),
+                "--explain",
+                str(tmp_path / "named"),
+                "--explain-labels",
+                "Mass",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert [p.name for p in (tmp_path / "named").iterdir()] == ["a_Mass.png"]
 
 
@@ -295,8 +383,21 @@ def test_cli_predict_bad_usage_exit_2(model_file, images, tmp_path, capsys):
     broken.write_bytes(b"nonsense")
     assert cli(["predict", str(broken), str(images["png"]), "--no-progress"]) == 2
     assert "broken.safetensors" in capsys.readouterr().err
-    assert cli(["predict", str(model_file), str(images["png"]), "--explain", str(tmp_path / "e"),
-                "--explain-labels", "Nodule", "--no-progress"]) == 2
+    assert (
+        cli(
+            [
+                "predict",
+                str(model_file),
+                str(images["png"]),
+                "--explain",
+                str(tmp_path / "e"),
+                "--explain-labels",
+                "Nodule",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "Nodule" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli(["predict", str(model_file), str(tmp_path / "empty"), "--no-progress"]) == 2

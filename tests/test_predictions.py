@@ -1,4 +1,4 @@
-"""cxr.evaluation.predictions: reading/writing prediction CSVs and pairing them with label tables."""
+"""cxr.evaluation.predictions: reading/writing prediction CSVs, pairing them with label tables."""
 
 from __future__ import annotations
 
@@ -23,8 +23,13 @@ NAMES = ("Atelectasis", "Effusion", "Mass")
 def _table(n=6, root="/data/nih/images", names=NAMES):
     rng = np.random.default_rng(0)
     labels = (rng.random((n, len(names))) < 0.5).astype(np.float32)
-    return LabelTable.from_columns([f"{root}/img{i}.png" for i in range(n)], [f"p{i // 2}" for i in range(n)],
-                                   labels, names, source="labels.csv")
+    return LabelTable.from_columns(
+        [f"{root}/img{i}.png" for i in range(n)],
+        [f"p{i // 2}" for i in range(n)],
+        labels,
+        names,
+        source="labels.csv",
+    )
 
 
 def _preds(images, names=NAMES, seed=1, source="preds.csv"):
@@ -39,8 +44,11 @@ def _write(path, text):
 
 # reading --------------------------------------------------------------------------------
 def test_read_prob_prefixed_columns(tmp_path):
-    f = _write(tmp_path / "p.csv", "Image Index,prob_Atelectasis,prob_Pleural Effusion,Patient ID\n"
-                                   "a.png,0.1,0.2,7\nb.png,0.3,0.4,8\n")
+    f = _write(
+        tmp_path / "p.csv",
+        "Image Index,prob_Atelectasis,prob_Pleural Effusion,Patient ID\n"
+        "a.png,0.1,0.2,7\nb.png,0.3,0.4,8\n",
+    )
     p = read_predictions(f)
     assert p.pathologies == ("Atelectasis", "Effusion")
     np.testing.assert_allclose(p.probs, [[0.1, 0.2], [0.3, 0.4]])
@@ -67,7 +75,9 @@ def test_read_other_prefixes_image_column_option_and_label_selection(tmp_path):
 
 def test_read_errors_name_file_line_and_column(tmp_path):
     f = _write(tmp_path / "p.csv", "Image Index,prob_Mass\na.png,0.1\nb.png,high\n")
-    with pytest.raises(PredictionError, match=r"p.csv, line 3, column 'prob_Mass': 'high' is not a number"):
+    with pytest.raises(
+        PredictionError, match=r"p.csv, line 3, column 'prob_Mass': 'high' is not a number"
+    ):
         read_predictions(f)
     f = _write(tmp_path / "q.csv", "Image Index,comment\na.png,x\n")
     with pytest.raises(PredictionError, match="no probability columns"):
@@ -83,7 +93,9 @@ def test_empty_cells_are_nan(tmp_path):
 
 def test_write_read_roundtrip(tmp_path):
     probs = np.array([[0.123456789, np.nan], [1.0, 0.0]])
-    path = write_predictions(tmp_path / "out" / "p.csv", ["a.png", "b.png"], probs, ["Pleural Effusion", "Mass"])
+    path = write_predictions(
+        tmp_path / "out" / "p.csv", ["a.png", "b.png"], probs, ["Pleural Effusion", "Mass"]
+    )
     assert Path(path).read_text().splitlines()[0] == "Image Index,prob_Effusion,prob_Mass"
     back = read_predictions(path)
     np.testing.assert_allclose(back.probs, probs, rtol=1e-8)
@@ -122,11 +134,17 @@ def test_missing_images_both_ways_are_refused_then_allowed():
 def test_duplicates_identical_conflicting_and_allowed():
     table = _table(3)
     preds = _preds(["img0.png", "img1.png", "img2.png"])
-    dup = Predictions(np.r_[preds.images, ["img1.png"]], np.r_[preds.probs, preds.probs[1:2]], NAMES, "p.csv")
-    with pytest.raises(PredictionError, match=r"1 duplicate prediction row\(s\) for the same image \(img1.png\)"):
+    dup = Predictions(
+        np.r_[preds.images, ["img1.png"]], np.r_[preds.probs, preds.probs[1:2]], NAMES, "p.csv"
+    )
+    with pytest.raises(
+        PredictionError, match=r"1 duplicate prediction row\(s\) for the same image \(img1.png\)"
+    ):
         align(table, dup)
     _y, p, _, report = align(table, dup, allow_duplicates=True)
-    assert len(p) == 3 and report.duplicate_rows == 1 and any("duplicate" in n for n in report.notes)
+    assert (
+        len(p) == 3 and report.duplicate_rows == 1 and any("duplicate" in n for n in report.notes)
+    )
     clash = Predictions(dup.images, np.r_[preds.probs, preds.probs[:1]], NAMES, "p.csv")
     with pytest.raises(PredictionError, match="different probabilities"):
         align(table, clash, allow_duplicates=True)
@@ -134,8 +152,12 @@ def test_duplicates_identical_conflicting_and_allowed():
 
 def test_duplicate_rows_in_the_dataset_are_refused():
     table = _table(3)
-    doubled = LabelTable.from_columns(table.paths + table.paths[:1], ["a", "b", "c", "a"],
-                                      np.r_[table.labels, table.labels[:1]], NAMES)
+    doubled = LabelTable.from_columns(
+        table.paths + table.paths[:1],
+        ["a", "b", "c", "a"],
+        np.r_[table.labels, table.labels[:1]],
+        NAMES,
+    )
     with pytest.raises(PredictionError, match=r"the dataset lists 1 image\(s\) more than once"):
         align(doubled, _preds(["img0.png", "img1.png", "img2.png"]))
 
@@ -144,7 +166,10 @@ def test_nan_predictions_refused_then_left_out_per_label():
     table = _table(4)
     preds = _preds([f"img{i}.png" for i in range(4)])
     preds.probs[2, 1] = np.nan
-    with pytest.raises(PredictionError, match=r"1 prediction\(s\) are NaN/empty \(\{'Effusion': 1\}; images img2.png"):
+    with pytest.raises(
+        PredictionError,
+        match=r"1 prediction\(s\) are NaN/empty \(\{'Effusion': 1\}; images img2.png",
+    ):
         align(table, preds)
     _y, p, _, report = align(table, preds, allow_missing=True)
     assert np.isnan(p[2, 1]) and report.nan_predictions == {"Effusion": 1}
@@ -164,7 +189,9 @@ def test_labels_on_one_side_are_noted_and_requested_labels_checked():
     _y, p, _, report = align(table, preds)
     assert report.pathologies == ("Atelectasis", "Effusion")
     np.testing.assert_array_equal(p[:, 0], preds.probs[:, 1])  # columns follow the table's order
-    assert report.labels_only_in_table == ("Hernia",) and report.labels_only_in_predictions == ("Mass",)
+    assert report.labels_only_in_table == ("Hernia",) and report.labels_only_in_predictions == (
+        "Mass",
+    )
     assert any("Hernia" in n for n in report.notes) and any("Mass" in n for n in report.notes)
     with pytest.raises(PredictionError, match=r"Hernia \(preds.csv\)"):
         align(table, preds, labels=["Hernia"])
@@ -173,12 +200,20 @@ def test_labels_on_one_side_are_noted_and_requested_labels_checked():
 
 
 def test_colliding_file_names_are_matched_by_path():
-    table = LabelTable.from_columns(["/d/site1/a.png", "/d/site2/a.png", "/d/site2/b.png"], ["1", "2", "3"],
-                                    np.array([[1.0], [0.0], [1.0]]), ["Mass"])
-    preds = Predictions(np.array(["site2/a.png", "site1/a.png", "b.png"]), np.array([[0.2], [0.9], [0.7]]), ["Mass"])
+    table = LabelTable.from_columns(
+        ["/d/site1/a.png", "/d/site2/a.png", "/d/site2/b.png"],
+        ["1", "2", "3"],
+        np.array([[1.0], [0.0], [1.0]]),
+        ["Mass"],
+    )
+    preds = Predictions(
+        np.array(["site2/a.png", "site1/a.png", "b.png"]), np.array([[0.2], [0.9], [0.7]]), ["Mass"]
+    )
     _y, p, _, _ = align(table, preds)
     np.testing.assert_array_equal(p[:, 0], [0.9, 0.2, 0.7])
-    ambiguous = Predictions(np.array(["a.png", "site2/a.png", "b.png"]), np.array([[0.2], [0.9], [0.7]]), ["Mass"])
+    ambiguous = Predictions(
+        np.array(["a.png", "site2/a.png", "b.png"]), np.array([[0.2], [0.9], [0.7]]), ["Mass"]
+    )
     with pytest.raises(PredictionError, match=r"match several images.*a.png"):
         align(table, ambiguous)
 

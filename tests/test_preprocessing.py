@@ -18,8 +18,13 @@ from cxr.synth import SynthConfig, generate_phantoms
 def test_record_round_trip_and_limits():
     pre = Preprocessing(size=96, fit="crop", mean=(0.5, 0.5, 0.5), std=[0.25] * 3)
     assert Preprocessing.from_dict(pre.to_dict()) == pre
-    assert pre.to_dict() == {"size": 96, "fit": "crop", "intensity": INTENSITY,
-                             "mean": [0.5] * 3, "std": [0.25] * 3}
+    assert pre.to_dict() == {
+        "size": 96,
+        "fit": "crop",
+        "intensity": INTENSITY,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+    }
     assert Preprocessing(size=MIN_SIZE).size == MIN_SIZE
     assert Preprocessing(size=MAX_SIZE).size == MAX_SIZE
     for size in (MIN_SIZE - 1, MAX_SIZE + 1, 50_000, True, 64.0):
@@ -32,8 +37,11 @@ def test_record_round_trip_and_limits():
 
 
 def test_spec_resolves_normalisation_from_the_backbone():
-    spec = ModelSpec(labels=("a",), backbone="efficientnet-lite0",
-                     preprocessing=Preprocessing(size=64, fit="crop"))
+    spec = ModelSpec(
+        labels=("a",),
+        backbone="efficientnet-lite0",
+        preprocessing=Preprocessing(size=64, fit="crop"),
+    )
     assert spec.preprocessing.mean == pytest.approx((127 / 255,) * 3)
     assert (spec.input_size, spec.fit) == (64, "crop")
     assert ModelSpec.from_dict(spec.to_dict()) == spec
@@ -47,22 +55,32 @@ def test_numpy_and_torch_inputs_agree():
     assert torch.equal(torch.from_numpy(from_numpy), from_torch)
     assert from_numpy.max() <= 1.0 and from_numpy[0, 0, 0, 0] == pixels[0, 0, 0] / np.float32(255)
     assert to_model_input(torch.from_numpy(pixels), "cpu", channels_last=True).is_contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
 
 
 def test_prediction_explanation_and_localization_feed_identical_input(tmp_path):
     """The three places that turned pixels into model input (prediction, Grad-CAM, the
     localisation report) now give the model the same tensor for the same image."""
     phantoms = tmp_path / "phantoms"
-    table = generate_phantoms(phantoms, SynthConfig(n_images=6, size=96, seed=3, prevalence=0.9),
-                              workers=1)
+    table = generate_phantoms(
+        phantoms, SynthConfig(n_images=6, size=96, seed=3, prevalence=0.9), workers=1
+    )
     torch.manual_seed(0)
-    model = build_model(ModelSpec(labels=table.pathologies, backbone="cxr-small-cnn",
-                                  preprocessing=Preprocessing(size=48, fit="pad")))
+    model = build_model(
+        ModelSpec(
+            labels=table.pathologies,
+            backbone="cxr-small-cnn",
+            preprocessing=Preprocessing(size=48, fit="pad"),
+        )
+    )
     path = save_model(tmp_path / "m.safetensors", model)
     predictor = Predictor(path, channels_last=False)
-    image = next(p for p, row in zip(table.paths, table.labels, strict=True)
-                 if row[table.pathologies.index("Mass")] == 1)
+    image = next(
+        p
+        for p, row in zip(table.paths, table.labels, strict=True)
+        if row[table.pathologies.index("Mass")] == 1
+    )
     pixels = predictor.preprocess(image)
     seen: list[torch.Tensor] = []
 

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from cxr import RESEARCH_NOTICE
-from cxr.evaluation.report import safe_name, write_comparison_report, write_report
 from cxr.evaluation import compare, evaluate
+from cxr.evaluation.report import safe_name, write_comparison_report, write_report
 
 NAMES = ["Atelectasis", "Pleural Other", "No Finding", "Hernia"]
 
@@ -22,8 +22,19 @@ def _report(thresholds=None):
     rng = np.random.default_rng(0)
     labels = (rng.random((150, 4)) < [0.2, 0.3, 0.5, 0.0]).astype(float)  # Hernia: no positives
     probs = np.clip(0.3 * labels + 0.7 * rng.random((150, 4)), 0, 1)
-    return evaluate(labels, probs, NAMES, (np.arange(150) // 3).astype(str), thresholds=thresholds,
-                    n_bootstrap=50, sources={"labels": "labels.csv", "predictions": "<preds>.csv"}), labels, probs
+    return (
+        evaluate(
+            labels,
+            probs,
+            NAMES,
+            (np.arange(150) // 3).astype(str),
+            thresholds=thresholds,
+            n_bootstrap=50,
+            sources={"labels": "labels.csv", "predictions": "<preds>.csv"},
+        ),
+        labels,
+        probs,
+    )
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -54,8 +65,17 @@ class _Balance(HTMLParser):
 def test_files_written_and_pngs_decode(tmp_path):
     report, _, _ = _report()
     written = write_report(report, tmp_path / "out")
-    expected = {"markdown", "json", "html", "roc_all", "pr_all", "reliability",
-                "roc_Atelectasis", "roc_Pleural_Other", "roc_No_Finding"}
+    expected = {
+        "markdown",
+        "json",
+        "html",
+        "roc_all",
+        "pr_all",
+        "reliability",
+        "roc_Atelectasis",
+        "roc_Pleural_Other",
+        "roc_No_Finding",
+    }
     assert set(written) == expected  # Hernia (one class) has no ROC figure
     for path in written.values():
         assert path.is_file() and path.parent == tmp_path / "out"

@@ -262,7 +262,10 @@ def test_keep_existing_patient_follows_its_kept_split_with_a_warning():
 
 def test_keep_existing_patient_in_two_kept_splits_is_an_error():
     table = make(
-        ["/a", "/b", "/c"], ["7", "7", "8"], np.zeros((3, 1)), ["Mass"],
+        ["/a", "/b", "/c"],
+        ["7", "7", "8"],
+        np.zeros((3, 1)),
+        ["Mass"],
         splits=["train", "test", ""],
     )
     with pytest.raises(ValueError, match="patient '7' in test, train"):
@@ -275,9 +278,7 @@ def test_keep_existing_patient_in_two_kept_splits_is_an_error():
 
 
 def test_keep_existing_with_every_split_closed_is_an_error():
-    table = make(
-        ["/a", "/b"], ["1", "2"], np.zeros((2, 1)), ["Mass"], splits=["train", ""]
-    )
+    table = make(["/a", "/b"], ["1", "2"], np.zeros((2, 1)), ["Mass"], splits=["train", ""])
     with pytest.raises(ValueError, match="every split of fractions"):
         split_by_patient(table, {"train": 1.0}, keep_existing=True)
 
@@ -300,7 +301,10 @@ def test_split_tables_and_summary():
     assert (parts["val"].meta["split"] == "val").all()
     assert parts["val"].meta["view"].tolist() == ["PA", "AP"]
     assert list(split_tables(table, a, order=["test", "val", "train", "extra"])) == [
-        "test", "val", "train", "extra"
+        "test",
+        "val",
+        "train",
+        "extra",
     ]
     summary = split_summary(table, a)
     assert list(summary.index) == ["train", "val", "test"]
@@ -349,9 +353,7 @@ def test_save_split_files_read_back(tmp_path):
 # --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def nih(shared_datasets):
-    table = read_nih_metadata(
-        shared_datasets / "nih14-metadata" / "Data_Entry_2017_v2020.csv.gz"
-    )
+    table = read_nih_metadata(shared_datasets / "nih14-metadata" / "Data_Entry_2017_v2020.csv.gz")
     assert len(table) == 112_120
     assert len(np.unique(table.patient_ids)) == 30_805
     return table
@@ -374,12 +376,14 @@ def test_nih_stratification_keeps_every_label_and_beats_random(nih, nih_split):
     a = nih_split
     # measured: worst 1.3% (Hernia, 227 positives), every other label <= 0.4%
     strat = worst_relative_deviation(nih, a)
-    assert strat.max() < 0.05, dict(zip(NIH14_LABELS, strat.round(3)))
+    assert strat.max() < 0.05, dict(zip(NIH14_LABELS, strat.round(3), strict=True))
     hernia = NIH14_LABELS.index("Hernia")
     # a plain random patient split: Hernia off by 6%..100% relative over 20 seeds (median 24%)
     random_dev = np.array(
-        [worst_relative_deviation(nih, random_patient_split(nih, DEFAULT_FRACTIONS, s))
-         for s in range(5)]
+        [
+            worst_relative_deviation(nih, random_patient_split(nih, DEFAULT_FRACTIONS, s))
+            for s in range(5)
+        ]
     )
     assert strat[hernia] * 3 < random_dev[:, hernia].min(), random_dev[:, hernia]
     assert strat.max() * 3 < np.median(random_dev.max(axis=1))

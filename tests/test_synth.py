@@ -68,8 +68,9 @@ def small_sets(tmp_path_factory):
     config = SynthConfig(n_images=40, size=48, seed=3, images_per_patient=2.0)
     one = generate_phantoms(root / "w1", config, workers=1)
     two = generate_phantoms(root / "w2", config, workers=2)
-    other = generate_phantoms(root / "s4", SynthConfig(n_images=40, size=48, seed=4,
-                                                       images_per_patient=2.0), workers=1)
+    other = generate_phantoms(
+        root / "s4", SynthConfig(n_images=40, size=48, seed=4, images_per_patient=2.0), workers=1
+    )
     return root, config, one, two, other
 
 
@@ -116,7 +117,7 @@ def test_same_config_same_bytes_whatever_the_workers(small_sets):
     assert one.labels.tolist() == two.labels.tolist()
     d4 = tree_digest(root / "s4")
     images = [k for k in d1 if k.startswith("images")]
-    assert sum(d1[k] != d4.get(k) for k in images) == len(images)   # every image differs
+    assert sum(d1[k] != d4.get(k) for k in images) == len(images)  # every image differs
     assert not np.array_equal(one.labels, other.labels)
 
 
@@ -127,8 +128,9 @@ def test_labels_csv_table_and_masks_agree(small_sets):
     assert list(frame.columns) == ["Image", *config.labels, "PatientId"]
     assert table.pathologies == config.labels
     assert [Path(p).name for p in table.paths] == frame["Image"].tolist()
-    assert all(Path(p).is_absolute() and Path(p).parent == (out / "images").resolve()
-               for p in table.paths)
+    assert all(
+        Path(p).is_absolute() and Path(p).parent == (out / "images").resolve() for p in table.paths
+    )
     assert table.patient_ids.tolist() == frame["PatientId"].tolist()
     assert set(table.meta["view"]) == {"PA"} and set(table.meta["split"]) == {""}
     np.testing.assert_array_equal(table.labels, frame[list(config.labels)].to_numpy())
@@ -136,11 +138,11 @@ def test_labels_csv_table_and_masks_agree(small_sets):
     record = json.loads((out / "synth.json").read_text())
     assert record["config"]["seed"] == 3 and record["config"]["labels"] == list(config.labels)
 
-    for path, row in zip(table.paths, table.labels):
+    for path, row in zip(table.paths, table.labels, strict=True):
         image = Image.open(path)
         assert image.mode == "L" and image.size == (48, 48)
         stem = Path(path).stem
-        for name, value in zip(table.pathologies, row):
+        for name, value in zip(table.pathologies, row, strict=True):
             mask_path = out / "masks" / f"{stem}_{name}.png"
             assert mask_path.exists() == (value == 1), (mask_path, value)
             if value == 1:
@@ -155,11 +157,16 @@ def test_rerun_into_the_same_folder_leaves_no_stale_masks(tmp_path):
     first = generate_phantoms(tmp_path, SynthConfig(n_images=12, size=32, seed=1), workers=1)
     second = generate_phantoms(tmp_path, SynthConfig(n_images=12, size=32, seed=2), workers=1)
     assert not np.array_equal(first.labels, second.labels)
-    expected = {f"{Path(p).stem}_{n}.png" for p, row in zip(second.paths, second.labels)
-                for n, v in zip(second.pathologies, row) if v == 1}
+    expected = {
+        f"{Path(p).stem}_{n}.png"
+        for p, row in zip(second.paths, second.labels, strict=True)
+        for n, v in zip(second.pathologies, row, strict=True)
+        if v == 1
+    }
     assert {p.name for p in (tmp_path / "masks").iterdir()} == expected
-    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == \
-        sorted(Path(p).name for p in second.paths)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(
+        Path(p).name for p in second.paths
+    )
     # a folder that is not a phantom set keeps its other files
     other = tmp_path / "mine"
     (other / "images").mkdir(parents=True)
@@ -169,8 +176,11 @@ def test_rerun_into_the_same_folder_leaves_no_stale_masks(tmp_path):
 
 
 def test_label_subset_plants_only_those(tmp_path):
-    table = generate_phantoms(tmp_path, SynthConfig(n_images=20, size=32, seed=5,
-                                                    labels=("Nodule", "Cardiomegaly")), workers=1)
+    table = generate_phantoms(
+        tmp_path,
+        SynthConfig(n_images=20, size=32, seed=5, labels=("Nodule", "Cardiomegaly")),
+        workers=1,
+    )
     assert table.pathologies == ("Nodule", "Cardiomegaly")
     names = {p.name.split("_", 2)[2] for p in (tmp_path / "masks").iterdir()}
     assert names <= {"Nodule.png", "Cardiomegaly.png"}
@@ -183,7 +193,7 @@ def test_prevalence_and_co_occurrence(big_set):
     freq = table.labels.mean(axis=0)
     assert np.all(np.abs(freq - 0.3) < 0.06), freq
     per_image = table.labels.sum(axis=1)
-    assert 0.06 < np.mean(per_image == 0) < 0.18       # "No Finding": 0.7^6 = 0.12
+    assert 0.06 < np.mean(per_image == 0) < 0.18  # "No Finding": 0.7^6 = 0.12
     assert np.mean(per_image >= 2) > 0.3
 
 
@@ -193,7 +203,7 @@ def test_patients_have_follow_ups(big_set):
     assert 1.3 < counts.mean() < 1.7 and counts.max() >= 3
     assert (counts >= 2).sum() > 50
     # images of a patient are consecutive and named after it
-    for path, pid in zip(table.paths, table.patient_ids):
+    for path, pid in zip(table.paths, table.patient_ids, strict=True):
         assert Path(path).name.startswith(pid + "_")
 
 
@@ -206,7 +216,7 @@ def test_follow_ups_share_the_anatomy():
         c = phantom_for(config, p + 100, 0, ())[0].astype(float)
         same.append(np.abs(a - b).mean())
         other.append(np.abs(a - c).mean())
-        assert not np.array_equal(a, b)                   # not a copy either
+        assert not np.array_equal(a, b)  # not a copy either
     assert np.mean(same) < 0.6 * np.mean(other), (same, other)
 
 
@@ -229,11 +239,11 @@ def test_looks_like_a_chest():
     r = render_phantom_details(np.random.default_rng(1), 128, (), None)
     img = r.image.astype(float)
     lungs = img[r.lungs & ~r.heart].mean()
-    assert img[:6, :6].mean() < 40 and img[:6, -6:].mean() < 40   # dark background
-    assert lungs < img[r.heart].mean() - 80                # dark lungs, bright heart
-    spine = img[20:60, 62:66].mean()                       # mediastinum above the heart
+    assert img[:6, :6].mean() < 40 and img[:6, -6:].mean() < 40  # dark background
+    assert lungs < img[r.heart].mean() - 80  # dark lungs, bright heart
+    spine = img[20:60, 62:66].mean()  # mediastinum above the heart
     assert spine > lungs + 80
-    rows = img[30:90, r.thorax[0] + 8]                      # ribs: bright bands over the lung
+    rows = img[30:90, r.thorax[0] + 8]  # ribs: bright bands over the lung
     assert rows.max() - rows.min() > 30
 
 
@@ -256,7 +266,7 @@ def test_finding_changes_the_image_only_in_and_around_its_mask(finding):
         assert diff.sum() > 0.25 * mask.sum(), (finding, seed)
         near = dilate(mask, 2)
         assert diff[~near].sum() <= 0.03 * diff.sum() + 2, (finding, seed)
-        if finding != "Cardiomegaly":     # the enlarged heart covers the normal one
+        if finding != "Cardiomegaly":  # the enlarged heart covers the normal one
             assert diff[mask].mean() > 0.5, (finding, seed)
 
 
@@ -278,7 +288,7 @@ def test_lesion_sizes():
             r = render_phantom_details(np.random.default_rng(seed), 256, (finding,))
             mask = r.masks[finding]
             n_discs = 1 if finding == "Mass" else 2
-            d = 2 * np.sqrt(mask.sum() / np.pi) / 256         # mean disc diameter
+            d = 2 * np.sqrt(mask.sum() / np.pi) / 256  # mean disc diameter
             assert lo * 0.8 <= d <= hi * np.sqrt(n_discs) * 1.25, (finding, seed, d)
             assert not (mask & r.heart).any()
             assert (mask & r.lungs).sum() >= 0.9 * mask.sum()
@@ -288,11 +298,11 @@ def test_pneumothorax_is_darker_than_the_same_lung_without_it():
     for seed in range(8):
         without, with_ = pair(seed, "Pneumothorax")
         mask = with_.masks["Pneumothorax"]
-        assert (mask & without.lungs).sum() == mask.sum()        # a rim of the lung
+        assert (mask & without.lungs).sum() == mask.sum()  # a rim of the lung
         before = without.image[mask].astype(float)
         after = with_.image[mask].astype(float)
         assert after.mean() < before.mean() - 8, seed
-        assert after.std() < before.std(), seed                  # no lung markings left
+        assert after.std() < before.std(), seed  # no lung markings left
         # lateral/apical: the rim touches the lung's outer edge
         cols = np.flatnonzero(mask.any(axis=0))
         assert cols[0] <= with_.thorax[0] + 1 or cols[-1] >= with_.thorax[1] - 1
@@ -304,7 +314,7 @@ def test_effusion_is_basal_bright_and_meniscus_shaped():
         mask = with_.masks["Effusion"]
         rows = np.flatnonzero(mask.any(axis=1))
         lung_rows = np.flatnonzero(without.lungs.any(axis=1))
-        assert rows[0] > (lung_rows[0] + lung_rows[-1]) / 2          # lower half of the lungs
+        assert rows[0] > (lung_rows[0] + lung_rows[-1]) / 2  # lower half of the lungs
         assert with_.image[mask].mean() > without.image[mask].mean() + 40
         # meniscus, on each side: the fluid climbs highest at the chest wall and its
         # upper border is concave (the middle lies below the chord of its two ends)
@@ -315,8 +325,11 @@ def test_effusion_is_basal_bright_and_meniscus_shaped():
             part[:, half] = mask[:, half]
             # columns where the fluid's upper border is free (aerated lung above it, not
             # the heart's edge), in the run that reaches the chest wall
-            cols = [c for c in np.flatnonzero(part.any(axis=0))
-                    if not with_.heart[np.flatnonzero(part[:, c])[0] - 1, c]]
+            cols = [
+                c
+                for c in np.flatnonzero(part.any(axis=0))
+                if not with_.heart[np.flatnonzero(part[:, c])[0] - 1, c]
+            ]
             runs = np.split(np.array(cols), np.flatnonzero(np.diff(cols) > 1) + 1)
             cols = runs[0] if half.start == 0 else runs[-1]
             if cols.size < 6:
@@ -360,18 +373,23 @@ def test_linear_model_on_downsampled_pixels_learns_some_labels():
     n, labels = 360, np.random.default_rng(1).random((360, 6)) < 0.3
     x = np.empty((n, 32 * 32))
     for i in range(n):
-        image, _ = render_phantom(rng, 64, [l for l, on in zip(SYNTH_LABELS, labels[i]) if on])
+        image, _ = render_phantom(
+            rng, 64, [lab for lab, on in zip(SYNTH_LABELS, labels[i], strict=True) if on]
+        )
         x[i] = image.reshape(32, 2, 32, 2).mean(axis=(1, 3)).ravel() / 255
     train, test = slice(0, 260), slice(260, None)
     mu, sd = x[train].mean(0), x[train].std(0) + 1e-3
     z = (x - mu) / sd
     y = labels.astype(float)
-    w = np.linalg.solve(z[train].T @ z[train] + 100 * np.eye(z.shape[1]),
-                        z[train].T @ (y[train] - y[train].mean(0)))
+    w = np.linalg.solve(
+        z[train].T @ z[train] + 100 * np.eye(z.shape[1]), z[train].T @ (y[train] - y[train].mean(0))
+    )
     score = z[test] @ w
     aucs = {name: auc(labels[test, j], score[:, j]) for j, name in enumerate(SYNTH_LABELS)}
     assert aucs["Cardiomegaly"] > 0.9 and aucs["Effusion"] > 0.9, aucs
     # shuffled labels: chance
-    w0 = np.linalg.solve(z[train].T @ z[train] + 100 * np.eye(z.shape[1]),
-                         z[train].T @ (y[train][::-1] - y[train].mean(0)))
+    w0 = np.linalg.solve(
+        z[train].T @ z[train] + 100 * np.eye(z.shape[1]),
+        z[train].T @ (y[train][::-1] - y[train].mean(0)),
+    )
     assert abs(auc(labels[test, 0], z[test] @ w0[:, 0]) - 0.5) < 0.2

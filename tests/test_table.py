@@ -37,8 +37,14 @@ def test_select_labels_canonicalises_and_orders():
 
 
 def test_csv_round_trip_keeps_unknowns(tmp_path):
-    t = make(["/a.png", "/b.png"], ["7", "8"], [[1, nan], [0, 1]], ["Mass", "No Finding"],
-             views=["PA", ""], splits=["train", "test"])
+    t = make(
+        ["/a.png", "/b.png"],
+        ["7", "8"],
+        [[1, nan], [0, 1]],
+        ["Mass", "No Finding"],
+        views=["PA", ""],
+        splits=["train", "test"],
+    )
     back = LabelTable.read_csv(t.save_csv(tmp_path / "t.csv"))
     assert back.pathologies == t.pathologies
     assert back.meta.equals(t.meta)

@@ -1,4 +1,4 @@
-"""cxr.evaluation.thresholds: choosing per-label thresholds on validation data, saving and loading."""
+"""cxr.evaluation.thresholds: choosing per-label thresholds on validation data; saving, loading."""
 
 from __future__ import annotations
 
@@ -13,10 +13,19 @@ from cxr.evaluation.thresholds import Thresholds, choose_thresholds
 
 def _val():
     # label A: hand-worked Youden case (best J at 0.7); label B: no positives; label C: NaN rows
-    labels = np.array([
-        [0, 0, 1], [0, 0, 0], [0, 0, np.nan], [1, 0, 1], [1, 0, 0], [1, 0, np.nan]], dtype=float)
-    probs = np.array([
-        [0.1, 0.2, 0.8], [0.3, 0.1, 0.2], [0.6, 0.3, 0.99], [0.4, 0.2, 0.6], [0.7, 0.5, 0.1], [0.9, 0.1, 0.0]])
+    labels = np.array(
+        [[0, 0, 1], [0, 0, 0], [0, 0, np.nan], [1, 0, 1], [1, 0, 0], [1, 0, np.nan]], dtype=float
+    )
+    probs = np.array(
+        [
+            [0.1, 0.2, 0.8],
+            [0.3, 0.1, 0.2],
+            [0.6, 0.3, 0.99],
+            [0.4, 0.2, 0.6],
+            [0.7, 0.5, 0.1],
+            [0.9, 0.1, 0.0],
+        ]
+    )
     return labels, probs, ["A", "B", "C"]
 
 
@@ -24,7 +33,8 @@ def test_youden_per_label_with_notes_for_one_class_labels():
     labels, probs, names = _val()
     t = choose_thresholds(labels, probs, names)
     assert t["A"] == 0.7
-    # C on its 4 known rows: y = 1,0,1,0 p = 0.8,0.2,0.6,0.1 -> separable, highest best threshold 0.6
+    # C on its 4 known rows: y = 1,0,1,0 p = 0.8,0.2,0.6,0.1 -> separable,
+    # highest best threshold 0.6
     assert t["C"] == 0.6
     assert "B" not in t and "no positive images" in t.notes["B"]
     assert dict(t) == {"A": 0.7, "C": 0.6} and t.method == "youden" and t.target is None
@@ -53,7 +63,12 @@ def test_save_load_roundtrip_and_plain_mapping(tmp_path):
     t = choose_thresholds(labels, probs, names, source="val.csv")
     path = t.save(tmp_path / "thr.json")
     back = Thresholds.load(path)
-    assert dict(back) == dict(t) and back.notes == t.notes and back.method == "youden" and back.source == "val.csv"
+    assert (
+        dict(back) == dict(t)
+        and back.notes == t.notes
+        and back.method == "youden"
+        and back.source == "val.csv"
+    )
     (tmp_path / "plain.json").write_text(json.dumps({"Pleural Effusion": 0.3, "Mass": 0.25}))
     plain = Thresholds.load(tmp_path / "plain.json")
     assert dict(plain) == {"Effusion": 0.3, "Mass": 0.25} and plain.method == "given"

@@ -46,7 +46,8 @@ def test_same_generator_state_same_batch_and_range_kept():
 
 
 def test_rotation_stays_within_its_range():
-    theta = random_affine(500, AugmentConfig(rotate=5, scale=0, translate=0),
-                          torch.Generator().manual_seed(0))
+    theta = random_affine(
+        500, AugmentConfig(rotate=5, scale=0, translate=0), torch.Generator().manual_seed(0)
+    )
     angles = torch.rad2deg(torch.atan2(theta[:, 1, 0], theta[:, 0, 0]))
     assert float(angles.abs().max()) <= 5.0 + 1e-4 and float(angles.abs().max()) > 4.0

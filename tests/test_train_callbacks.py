@@ -28,11 +28,24 @@ class Recorder(TrainingCallback):
 
 def test_events_arrive_in_order(phantom_caches_small, tmp_path):
     c = phantom_caches_small
-    config = TrainConfig(backbone="cxr-small-cnn", phase1_epochs=0, phase2_epochs=2,
-                         batch_size=64, device="cpu", seed=0)
+    config = TrainConfig(
+        backbone="cxr-small-cnn",
+        phase1_epochs=0,
+        phase2_epochs=2,
+        batch_size=64,
+        device="cpu",
+        seed=0,
+    )
     recorder, calls = Recorder(), []
-    result = train(config, c["train"], c["val"], tmp_path / "run", progress=False,
-                   echo=lambda s: None, callbacks=[recorder, lambda e, i: calls.append(e)])
+    result = train(
+        config,
+        c["train"],
+        c["val"],
+        tmp_path / "run",
+        progress=False,
+        echo=lambda s: None,
+        callbacks=[recorder, lambda e, i: calls.append(e)],
+    )
     kinds = [k for k, _ in recorder.events]
     assert kinds[0] == "start" and kinds[-1] == "end"
     assert [v for k, v in recorder.events if k == "epoch"] == [1, 2]

@@ -11,20 +11,28 @@ from cxr.training.config import AugmentConfig, ConfigError, TrainConfig
 
 
 def test_yaml_round_trip_keeps_every_field(tmp_path):
-    config = TrainConfig(backbone="cxr-small-cnn", hidden=(64, 32), labels=("Mass", "Nodule"),
-                         augment=AugmentConfig(rotate=3.0, hflip=True), ema_decay=0.99)
+    config = TrainConfig(
+        backbone="cxr-small-cnn",
+        hidden=(64, 32),
+        labels=("Mass", "Nodule"),
+        augment=AugmentConfig(rotate=3.0, hflip=True),
+        ema_decay=0.99,
+    )
     back = TrainConfig.load(config.save(tmp_path / "config.yaml"))
     assert back == config
     assert back.augment.hflip is True and back.hidden == (64, 32)
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("optimizer", "lbfgs", "optimizer"),
-    ("precision", "int8", "precision"),
-    ("batch_size", 0, "batch_size"),
-    ("dropout", 1.5, "dropout"),
-    ("ema_decay", 1.0, "ema_decay"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("optimizer", "lbfgs", "optimizer"),
+        ("precision", "int8", "precision"),
+        ("batch_size", 0, "batch_size"),
+        ("dropout", 1.5, "dropout"),
+        ("ema_decay", 1.0, "ema_decay"),
+    ],
+)
 def test_bad_values_name_the_field(field, value, words):
     with pytest.raises(ConfigError, match=words):
         TrainConfig(**{field: value})
@@ -53,8 +61,20 @@ def _parse(argv):
 
 def test_command_line_options_override_a_config_file(tmp_path):
     saved = TrainConfig(phase2_lr=5e-5, batch_size=8).save(tmp_path / "config.yaml")
-    args = _parse(["a", "b", "--config", str(saved), "--batch-size", "4", "--hidden", "16,8",
-                   "--no-augment-enabled", "--channels-last"])
+    args = _parse(
+        [
+            "a",
+            "b",
+            "--config",
+            str(saved),
+            "--batch-size",
+            "4",
+            "--hidden",
+            "16,8",
+            "--no-augment-enabled",
+            "--channels-last",
+        ]
+    )
     config = config_from_args(args)
     assert config.phase2_lr == 5e-5 and config.batch_size == 4 and config.hidden == (16, 8)
     assert config.augment.enabled is False and config.channels_last is True

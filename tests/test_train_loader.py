@@ -46,11 +46,14 @@ def test_prefetch_thread_yields_the_same_batches(cache):
 
 
 def test_ranks_get_disjoint_equal_shards(cache):
-    shards = [CacheBatches(cache, 4, shuffle=True, seed=5, rank=r, world_size=3).shard()
-              for r in range(3)]
+    shards = [
+        CacheBatches(cache, 4, shuffle=True, seed=5, rank=r, world_size=3).shard() for r in range(3)
+    ]
     assert len({len(s) for s in shards}) == 1
     assert not set(shards[0]) & set(shards[1]) and not set(shards[1]) & set(shards[2])
-    evaluation = [CacheBatches(cache, 4, shuffle=False, rank=r, world_size=3).shard() for r in range(3)]
+    evaluation = [
+        CacheBatches(cache, 4, shuffle=False, rank=r, world_size=3).shard() for r in range(3)
+    ]
     assert sorted(np.concatenate(evaluation)) == list(range(len(cache)))
 
 

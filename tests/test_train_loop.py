@@ -15,8 +15,17 @@ from cxr.modelfile import load_model
 from cxr.models import HeadConfig, ModelSpec, Preprocessing, build_model
 from cxr.training import TrainConfig, TrainError, resume, train
 
-SMALL = TrainConfig(backbone="cxr-small-cnn", phase1_epochs=1, phase2_epochs=2, batch_size=16,
-                    phase1_lr=3e-3, phase2_lr=1e-3, dropout=0.2, ema_decay=0.9, seed=3)
+SMALL = TrainConfig(
+    backbone="cxr-small-cnn",
+    phase1_epochs=1,
+    phase2_epochs=2,
+    batch_size=16,
+    phase1_lr=3e-3,
+    phase2_lr=1e-3,
+    dropout=0.2,
+    ema_decay=0.9,
+    seed=3,
+)
 
 
 def _weights(path):
@@ -32,12 +41,25 @@ def test_phase1_keeps_the_backbone_phase2_changes_it(phantom_caches_small, tmp_p
             snapshots.append(_weights(tmp_path / "run" / "last.safetensors"))
 
     c = phantom_caches_small
-    train(config, c["train"], c["val"], tmp_path / "run", progress=False, echo=lambda s: None,
-          callbacks=[grab])
+    train(
+        config,
+        c["train"],
+        c["val"],
+        tmp_path / "run",
+        progress=False,
+        echo=lambda s: None,
+        callbacks=[grab],
+    )
     torch.manual_seed(config.seed)  # the loop builds its model right after seeding
     names = load_model(tmp_path / "run" / "best.safetensors").spec.labels
-    init = build_model(ModelSpec(labels=names, backbone="cxr-small-cnn", preprocessing=Preprocessing(size=32),
-                                 head=HeadConfig(dropout=0.2))).state_dict()
+    init = build_model(
+        ModelSpec(
+            labels=names,
+            backbone="cxr-small-cnn",
+            preprocessing=Preprocessing(size=32),
+            head=HeadConfig(dropout=0.2),
+        )
+    ).state_dict()
     after1, after2 = snapshots
     backbone = [k for k in init if k.startswith("backbone.")]
     head = [k for k in init if k.startswith("head.")]
@@ -73,12 +95,24 @@ train(config, sys.argv[2], sys.argv[3], sys.argv[4], progress=False, callbacks=[
 
 def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(phantom_caches_small, tmp_path):
     c = phantom_caches_small
-    whole = train(SMALL, c["train"], c["val"], tmp_path / "whole", progress=False,
-                  echo=lambda s: None)
+    whole = train(
+        SMALL, c["train"], c["val"], tmp_path / "whole", progress=False, echo=lambda s: None
+    )
     cfg = SMALL.save(tmp_path / "config.yaml")
-    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(_KILL_SCRIPT), str(cfg),
-                             str(c["train"]), str(c["val"]), str(tmp_path / "cut")],
-                            capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_KILL_SCRIPT),
+            str(cfg),
+            str(c["train"]),
+            str(c["val"]),
+            str(tmp_path / "cut"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -9, killed.stderr
     state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
     assert state["next_epoch"] == 2  # two epochs were saved; the third was cut short
@@ -89,21 +123,37 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(phantom_caches_sma
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert [r["val_macro_auc"] for r in whole.history] == [r["val_macro_auc"] for r in resumed.history]
+    assert [r["val_macro_auc"] for r in whole.history] == [
+        r["val_macro_auc"] for r in resumed.history
+    ]
     assert resumed.best_epoch == whole.best_epoch
 
 
 def test_densenet121_trains_with_mixed_precision_accumulation_and_channels_last(
-        phantom_caches_small, tmp_path):
+    phantom_caches_small, tmp_path
+):
     c = phantom_caches_small
-    config = TrainConfig(backbone="densenet121", phase1_epochs=0, phase2_epochs=1, batch_size=8,
-                         accumulate=2, precision="bf16", channels_last=True, ema_decay=0.5,
-                         grad_clip=1.0, schedule="plateau", optimizer="sgd", labels=("Effusion",
-                                                                                      "Mass"))
+    config = TrainConfig(
+        backbone="densenet121",
+        phase1_epochs=0,
+        phase2_epochs=1,
+        batch_size=8,
+        accumulate=2,
+        precision="bf16",
+        channels_last=True,
+        ema_decay=0.5,
+        grad_clip=1.0,
+        schedule="plateau",
+        optimizer="sgd",
+        labels=("Effusion", "Mass"),
+    )
     torch.manual_seed(config.seed)
-    init = build_model(ModelSpec(labels=("Effusion", "Mass"), preprocessing=Preprocessing(size=32))).state_dict()
-    result = train(config, c["train"], c["val"], tmp_path / "run", progress=False,
-                   echo=lambda s: None)
+    init = build_model(
+        ModelSpec(labels=("Effusion", "Mass"), preprocessing=Preprocessing(size=32))
+    ).state_dict()
+    result = train(
+        config, c["train"], c["val"], tmp_path / "run", progress=False, echo=lambda s: None
+    )
     row = result.history[0]
     assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
     after = _weights(result.last_model)
@@ -130,12 +180,39 @@ def test_errors_say_what_to_do(phantom_caches_small, tmp_path):
 
 def test_two_processes_with_gloo_train_one_model(phantom_caches_small, tmp_path):
     c = phantom_caches_small
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "cxr", "train", str(c["train"]), str(c["val"]), "--out", str(tmp_path / "ddp"),
-           "--backbone", "cxr-small-cnn", "--phase1-epochs", "0", "--phase2-epochs", "2",
-           "--batch-size", "16", "--device", "cpu", "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cxr",
+        "train",
+        str(c["train"]),
+        str(c["val"]),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--backbone",
+        "cxr-small-cnn",
+        "--phase1-epochs",
+        "0",
+        "--phase2-epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
     state = torch.load(tmp_path / "ddp" / "state.pt", weights_only=True)
@@ -159,8 +236,15 @@ def test_resume_uses_the_cpu_thread_count_of_the_run(phantom_caches_small, tmp_p
     try:
         torch.set_num_threads(1)
         with pytest.raises(KeyboardInterrupt):
-            train(config, c["train"], c["val"], tmp_path / "run", progress=False,
-                  echo=lambda s: None, callbacks=[stop_after_first])
+            train(
+                config,
+                c["train"],
+                c["val"],
+                tmp_path / "run",
+                progress=False,
+                echo=lambda s: None,
+                callbacks=[stop_after_first],
+            )
         assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["cpu_threads"] == 1
         torch.set_num_threads(2)
         lines: list[str] = []

@@ -26,7 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -280,8 +280,9 @@ def prepare(
     _atomic_save_npy(out_dir / "status.npy", status)
 
     pending = np.flatnonzero(status == PENDING).tolist()
-    decoded = _decode(table, pixels_path, settings, status, reasons, pending, out_dir,
-                      workers, progress)
+    decoded = _decode(
+        table, pixels_path, settings, status, reasons, pending, out_dir, workers, progress
+    )
     rejects = _write_rejects(out_dir, table, status, reasons)
     manifest.update(
         state="complete",
@@ -293,8 +294,14 @@ def prepare(
     if not pending:
         notes.append("nothing to decode: the cache is already complete for these inputs")
     return PrepareSummary(
-        out_dir, len(table), manifest["stored"], manifest["rejected"], decoded,
-        time.perf_counter() - start, rejects, notes,
+        out_dir,
+        len(table),
+        manifest["stored"],
+        manifest["rejected"],
+        decoded,
+        time.perf_counter() - start,
+        rejects,
+        notes,
     )
 
 
@@ -318,12 +325,18 @@ def _resume_state(out_dir, table, wanted, stamps, overwrite, notes):
         old = json.loads(manifest_path.read_text())
         status = np.load(out_dir / "status.npy")
         old_stamps = np.load(out_dir / "stamps.npy")
-        old_paths = pd.read_csv(out_dir / "labels.csv", usecols=["path"], dtype=str)["path"].tolist()
+        old_paths = pd.read_csv(out_dir / "labels.csv", usecols=["path"], dtype=str)[
+            "path"
+        ].tolist()
     except (OSError, ValueError, KeyError) as err:
         if overwrite:
             return None, None
-        raise CacheError(f"the cache in {out_dir} is damaged ({err}); pass overwrite to rebuild") from err
-    same_layout = all(old.get(k) == wanted[k] for k in ("format_version", "size", "fit", "paths_digest"))
+        raise CacheError(
+            f"the cache in {out_dir} is damaged ({err}); pass overwrite to rebuild"
+        ) from err
+    same_layout = all(
+        old.get(k) == wanted[k] for k in ("format_version", "size", "fit", "paths_digest")
+    )
     if not same_layout:
         if overwrite:
             notes.append(f"rebuilt: {_describe_change(old, wanted, old_paths, table.paths)}")
@@ -339,11 +352,15 @@ def _resume_state(out_dir, table, wanted, stamps, overwrite, notes):
         status[changed] = PENDING
         for i in changed:
             reasons.pop(int(i), None)
-        notes.append(f"{len(changed)} image file(s) changed since the last run; decoding them again")
+        notes.append(
+            f"{len(changed)} image file(s) changed since the last run; decoding them again"
+        )
     if old.get("labels_digest") != wanted["labels_digest"]:
         notes.append("labels changed since the last run; labels.csv rewritten")
     if old.get("state") != "complete":
-        notes.append(f"resuming: {int((status != PENDING).sum())} of {len(status)} images already done")
+        notes.append(
+            f"resuming: {int((status != PENDING).sum())} of {len(status)} images already done"
+        )
     return status, reasons
 
 
@@ -356,11 +373,13 @@ def _decode(table, pixels_path, settings, status, reasons, pending, out_dir, wor
     paths = table.paths
     chunks = [pending[i : i + _CHUNK] for i in range(0, len(pending), _CHUNK)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(chunks)))
-    bar = tqdm(total=len(pending), unit="img", desc="prepare", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(pending), unit="img", desc="prepare", disable=not progress, dynamic_ncols=True
+    )
     done = 0
     last = time.monotonic()
     pool = None
+    results: Iterator[list[tuple[int, str, str]]]
     try:
         if workers == 1:
             _worker_init(str(pixels_path), paths, settings.size, settings.fit)
@@ -414,7 +433,9 @@ class PreparedCache:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
-            raise CacheError(f"{self.path} is not a prepared cache (no manifest.json); run `cxr prepare` first")
+            raise CacheError(
+                f"{self.path} is not a prepared cache (no manifest.json); run `cxr prepare` first"
+            )
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise CacheError(
@@ -430,7 +451,9 @@ class PreparedCache:
         status = np.load(self.path / "status.npy")
         self.pixels = np.load(self.path / "pixels.npy", mmap_mode="r")
         if self.pixels.shape[0] != len(full) or len(status) != len(full):
-            raise CacheError(f"{self.path}: pixels.npy, status.npy and labels.csv disagree in length")
+            raise CacheError(
+                f"{self.path}: pixels.npy, status.npy and labels.csv disagree in length"
+            )
         self.rows = np.flatnonzero(status == STORED)
         self.table = full.subset(self.rows)
         self.size = int(self.manifest["size"])

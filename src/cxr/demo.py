@@ -41,10 +41,18 @@ EXPLAINED = 4
 POINTING_TOLERANCE = 15 / 224
 
 
-def run_demo(out: str | Path = "cxr-demo", n_images: int = DEMO_IMAGES, size: int | None = None,
-             workers: int | None = None, seed: int = 0, data: str | Path | None = None,
-             epochs: int = 16, backbone: str = "cxr-small-cnn", device: str = "auto",
-             echo: Callable[[str], None] = print) -> dict[str, Path]:
+def run_demo(
+    out: str | Path = "cxr-demo",
+    n_images: int = DEMO_IMAGES,
+    size: int | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    data: str | Path | None = None,
+    epochs: int = 16,
+    backbone: str = "cxr-small-cnn",
+    device: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> dict[str, Path]:
     """Run the demo into ``out``; return the paths it wrote (name -> path).
 
     Args:
@@ -74,8 +82,11 @@ def run_demo(out: str | Path = "cxr-demo", n_images: int = DEMO_IMAGES, size: in
         from cxr.synth import SynthConfig, generate_phantoms
 
         echo(f"[1/7] generating {n_images} phantom radiographs in {out / 'phantoms'}")
-        generate_phantoms(out / "phantoms", SynthConfig(n_images=n_images, size=2 * size, seed=seed),
-                          workers=workers)
+        generate_phantoms(
+            out / "phantoms",
+            SynthConfig(n_images=n_images, size=2 * size, seed=seed),
+            workers=workers,
+        )
         written["phantoms"] = out / "phantoms"
         table = load_dataset(out / "phantoms")
     else:
@@ -91,8 +102,11 @@ def run_demo(out: str | Path = "cxr-demo", n_images: int = DEMO_IMAGES, size: in
     _predict_and_explain(best, held, out, device, written, echo)
     _localize(best, data, out, device, written, figures, echo)
 
-    summary = {"notice": RESEARCH_NOTICE, "figures": figures,
-               "written": {k: str(v) for k, v in written.items()}}
+    summary = {
+        "notice": RESEARCH_NOTICE,
+        "figures": figures,
+        "written": {k: str(v) for k, v in written.items()},
+    }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     written["summary"] = out / "demo.json"
     echo("done. Written:")
@@ -116,29 +130,56 @@ def _split(table, out: Path, seed: int, written: dict, echo) -> dict:
     return parts
 
 
-def _prepare(parts: dict, out: Path, size: int, workers, progress: bool, written: dict, echo) -> dict:
+def _prepare(
+    parts: dict, out: Path, size: int, workers, progress: bool, written: dict, echo
+) -> dict:
     from cxr.cache import prepare
 
     echo(f"[3/7] preparing the decode-once cache ({size}x{size}) of each split")
     caches = {}
     for name, part in parts.items():
-        summary = prepare(part, out / "cache" / name, size, workers=workers, progress=progress,
-                          source=f"demo {name}")
+        summary = prepare(
+            part,
+            out / "cache" / name,
+            size,
+            workers=workers,
+            progress=progress,
+            source=f"demo {name}",
+        )
         echo(summary.to_text())
         caches[name] = written[f"cache_{name}"] = out / "cache" / name
     return caches
 
 
-def _train(caches: dict, out: Path, seed: int, epochs: int, backbone: str, device: str,
-           progress: bool, written: dict, figures: dict, echo) -> Path:
+def _train(
+    caches: dict,
+    out: Path,
+    seed: int,
+    epochs: int,
+    backbone: str,
+    device: str,
+    progress: bool,
+    written: dict,
+    figures: dict,
+    echo,
+) -> Path:
     from cxr.training import TrainConfig, train
 
     scratch = backbone == "cxr-small-cnn"
-    config = TrainConfig(backbone=backbone, pool="gem", phase1_epochs=0 if scratch else 1,
-                         phase2_epochs=epochs, phase2_lr=3e-3 if scratch else 1e-4,
-                         batch_size=32, device=device, seed=seed)
+    config = TrainConfig(
+        backbone=backbone,
+        pool="gem",
+        phase1_epochs=0 if scratch else 1,
+        phase2_epochs=epochs,
+        phase2_lr=3e-3 if scratch else 1e-4,
+        batch_size=32,
+        device=device,
+        seed=seed,
+    )
     echo(f"[4/7] training {backbone} for {config.epochs} epochs into {out / 'run'}")
-    result = train(config, caches["train"], caches["val"], out / "run", progress=progress, echo=echo)
+    result = train(
+        config, caches["train"], caches["val"], out / "run", progress=progress, echo=echo
+    )
     written["run"] = out / "run"
     written["model"] = result.best_model
     figures["val_macro_auc"] = round(result.best_auc, 4)
@@ -146,8 +187,9 @@ def _train(caches: dict, out: Path, seed: int, epochs: int, backbone: str, devic
     return result.best_model
 
 
-def _evaluate(model: Path, test_cache: Path, out: Path, device: str, written: dict,
-              figures: dict, echo) -> None:
+def _evaluate(
+    model: Path, test_cache: Path, out: Path, device: str, written: dict, figures: dict, echo
+) -> None:
     from cxr.evaluation import evaluate_model, fmt
 
     echo(f"[5/7] evaluating {model.name} on the test split into {out / 'report'}")
@@ -158,22 +200,29 @@ def _evaluate(model: Path, test_cache: Path, out: Path, device: str, written: di
         echo(f"  {r.name:<20} test AUC {fmt(r.auc, 3)} ({fmt(r.auc_ci_low)}-{fmt(r.auc_ci_high)})")
     echo(f"  macro AUC {fmt(report.macro_auc, 4)} over {len(report.macro_auc_labels)} labels")
     figures["test_macro_auc"] = round(float(report.macro_auc), 4)
-    figures["test_auc"] = {r.name: None if np.isnan(r.auc) else round(float(r.auc), 4)
-                           for r in report.labels}
+    figures["test_auc"] = {
+        r.name: None if np.isnan(r.auc) else round(float(r.auc), 4) for r in report.labels
+    }
     written["report"] = report_files["html"]
 
 
-def _held_out(data, out: Path, seed: int, size: int, workers, test_table, written: dict,
-              echo) -> list[str]:
+def _held_out(
+    data, out: Path, seed: int, size: int, workers, test_table, written: dict, echo
+) -> list[str]:
     """Images to predict and explain: new phantom patients, or the test split's first images
     with a finding."""
     if data is None:
         from cxr.synth import SynthConfig, generate_phantoms
 
-        echo(f"[6/7] generating {HELDOUT_IMAGES} held-out phantoms (new patients) in "
-             f"{out / 'heldout'}; predicting and explaining {EXPLAINED} of them")
-        held = generate_phantoms(out / "heldout", SynthConfig(n_images=HELDOUT_IMAGES, size=2 * size,
-                                                              seed=seed + 1000), workers=workers)
+        echo(
+            f"[6/7] generating {HELDOUT_IMAGES} held-out phantoms (new patients) in "
+            f"{out / 'heldout'}; predicting and explaining {EXPLAINED} of them"
+        )
+        held = generate_phantoms(
+            out / "heldout",
+            SynthConfig(n_images=HELDOUT_IMAGES, size=2 * size, seed=seed + 1000),
+            workers=workers,
+        )
         written["heldout"] = out / "heldout"
         table = held
     else:
@@ -184,8 +233,9 @@ def _held_out(data, out: Path, seed: int, size: int, workers, test_table, writte
     return [table.paths[i] for i in rows]
 
 
-def _predict_and_explain(model: Path, paths: list[str], out: Path, device: str, written: dict,
-                         echo) -> None:
+def _predict_and_explain(
+    model: Path, paths: list[str], out: Path, device: str, written: dict, echo
+) -> None:
     from cxr.explain import explain, save_explanation_png
     from cxr.inference import Predictor
 
@@ -199,14 +249,17 @@ def _predict_and_explain(model: Path, paths: list[str], out: Path, device: str, 
     for item in result.predicted:
         image = predictor.preprocess(item.path)
         for ex in explain(predictor.model, image, top_k=2):
-            save_explanation_png(out / "explain" / f"{Path(item.path).stem}_{ex.label}.png", image, ex)
+            save_explanation_png(
+                out / "explain" / f"{Path(item.path).stem}_{ex.label}.png", image, ex
+            )
             count += 1
     written["explain"] = out / "explain"
     echo(f"  wrote {count} Grad-CAM figures (image beside overlay) to {out / 'explain'}")
 
 
-def _localize(model: Path, data, out: Path, device: str, written: dict, figures: dict,
-              echo) -> None:
+def _localize(
+    model: Path, data, out: Path, device: str, written: dict, figures: dict, echo
+) -> None:
     from cxr.evaluation.localization import find_nih_boxes, localization_report
 
     if data is None:
@@ -216,9 +269,14 @@ def _localize(model: Path, data, out: Path, device: str, written: dict, figures:
     else:
         echo("[7/7] localization skipped: the dataset has no phantom masks or NIH boxes")
         return
-    echo(f"[7/7] checking where the heatmaps point ({source})"
-         + ("" if data is None else "; every located finding counts, including those the model "
-                                   "trained on"))
+    echo(
+        f"[7/7] checking where the heatmaps point ({source})"
+        + (
+            ""
+            if data is None
+            else "; every located finding counts, including those the model trained on"
+        )
+    )
     from PIL import Image
 
     from cxr.inference import list_images
@@ -226,10 +284,13 @@ def _localize(model: Path, data, out: Path, device: str, written: dict, figures:
     first = list_images([source])[0]
     with Image.open(first) as img:
         size = max(img.size)
-    report = localization_report(model, source, tolerance=POINTING_TOLERANCE * size,
-                                 device=device)
+    report = localization_report(model, source, tolerance=POINTING_TOLERANCE * size, device=device)
     echo(report.to_text())
     written.update({f"localization_{k}": v for k, v in report.save(out / "localization").items()})
-    figures["pointing_game"] = {k: round(v["pointing_game"], 3) for k, v in report.per_label.items()}
+    figures["pointing_game"] = {
+        k: round(v["pointing_game"], 3) for k, v in report.per_label.items()
+    }
     figures["pointing_game_tolerant"] = {
-        k: round(v.get("pointing_game_tolerant", float("nan")), 3) for k, v in report.per_label.items()}
+        k: round(v.get("pointing_game_tolerant", float("nan")), 3)
+        for k, v in report.per_label.items()
+    }

@@ -27,14 +27,16 @@ def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> to
     if isinstance(name, torch.device):
         device = name
     elif name == "auto":
-        return (torch.device("cuda", local_rank) if torch.cuda.is_available()
-                else torch.device("cpu"))
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
     else:
         try:
             device = torch.device(name)
         except (RuntimeError, TypeError):
-            raise ValueError(f"device {name!r} is not a torch device name; use auto, cpu, cuda "
-                             "or cuda:N") from None
+            raise ValueError(
+                f"device {name!r} is not a torch device name; use auto, cpu, cuda or cuda:N"
+            ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {str(name)!r} was asked for, but torch sees no CUDA GPU")
     if device.type == "cuda" and device.index is None:

@@ -20,7 +20,8 @@ EfficientNet-Lite0 (stride 32, padded 3x3/7x7 strided convolutions) the cells' t
 are up to about 1.5 input pixels off, well under one cell.
 
 Heatmaps are on the model's input grid: for an image fitted with ``pad`` (the default),
-the heatmap covers the padded square; :mod:`cxr.evaluation.localization` maps it back to the original.
+the heatmap covers the padded square; :mod:`cxr.evaluation.localization` maps it back to the
+original.
 Research use only: a heatmap shows what drove the model, not where a disease is.
 """
 
@@ -53,8 +54,10 @@ __all__ = [
 ]
 
 _CONSTANT_EPS = 1e-12
-CONSTANT_NOTE = ("the heatmap is constant (nothing in the image raised this label's score at the "
-                 "last convolutional block); shown as zeros")
+CONSTANT_NOTE = (
+    "the heatmap is constant (nothing in the image raised this label's score at the "
+    "last convolutional block); shown as zeros"
+)
 
 
 class CamMaps(NamedTuple):
@@ -98,23 +101,30 @@ def check_method(method: str) -> str:
 
 def _check_model(model: object) -> ChestClassifier:
     if not isinstance(model, ChestClassifier):
-        raise TypeError(f"model must be a cxr ChestClassifier (e.g. load_model(path).model), "
-                        f"got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a cxr ChestClassifier (e.g. load_model(path).model), "
+            f"got {type(model).__name__}"
+        )
     return model
 
 
 def _label_indices(label_index: int | Sequence[int], batch: int, n_labels: int) -> torch.Tensor:
-    if isinstance(label_index, (int, np.integer)) and not isinstance(label_index, bool):
+    if isinstance(label_index, bool):
+        raise ValueError("label_index must be a label index or one index per image, got a bool")
+    if isinstance(label_index, (int, np.integer)):
         idx = [int(label_index)] * batch
     else:
         idx = [int(i) for i in label_index]
         if len(idx) != batch:
-            raise ValueError(f"label_index: one index per image needed, got {len(idx)} for "
-                             f"{batch} images")
+            raise ValueError(
+                f"label_index: one index per image needed, got {len(idx)} for {batch} images"
+            )
     bad = [i for i in idx if not 0 <= i < n_labels]
     if bad:
-        raise ValueError(f"label_index {bad[0]} is out of range; the model has {n_labels} labels "
-                         f"(indices 0 to {n_labels - 1})")
+        raise ValueError(
+            f"label_index {bad[0]} is out of range; the model has {n_labels} labels "
+            f"(indices 0 to {n_labels - 1})"
+        )
     return torch.tensor(idx, dtype=torch.long)
 
 
@@ -124,13 +134,20 @@ def _weights(acts: torch.Tensor, grads: torch.Tensor, method: str) -> torch.Tens
         return grads.mean(dim=(2, 3))
     g2 = grads.pow(2)
     denom = 2.0 * g2 + acts.sum(dim=(2, 3), keepdim=True) * grads.pow(3)
-    alpha = torch.where(grads != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
-                        torch.zeros_like(g2))
+    alpha = torch.where(
+        grads != 0,
+        g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
+        torch.zeros_like(g2),
+    )
     return (alpha * torch.relu(grads)).sum(dim=(2, 3))
 
 
-def grad_cam_maps(model: ChestClassifier, x: torch.Tensor | np.ndarray,
-                  label_index: int | Sequence[int], method: str = "gradcam") -> CamMaps:
+def grad_cam_maps(
+    model: ChestClassifier,
+    x: torch.Tensor | np.ndarray,
+    label_index: int | Sequence[int],
+    method: str = "gradcam",
+) -> CamMaps:
     """Grad-CAM / Grad-CAM++ of one label per image, with probabilities and constant flags.
 
     Args:
@@ -174,15 +191,25 @@ def grad_cam_maps(model: ChestClassifier, x: torch.Tensor | np.ndarray,
     lo = cam.amin(dim=(1, 2), keepdim=True)
     span = cam.amax(dim=(1, 2), keepdim=True) - lo
     constant = span[:, 0, 0] <= _CONSTANT_EPS * torch.clamp(cam.abs().amax(dim=(1, 2)), min=1.0)
-    cam = torch.where(constant[:, None, None], torch.zeros_like(cam),
-                      (cam - lo) / torch.where(span > 0, span, torch.ones_like(span)))
+    cam = torch.where(
+        constant[:, None, None],
+        torch.zeros_like(cam),
+        (cam - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+    )
     probs = torch.sigmoid(logits.detach().gather(1, idx[:, None])[:, 0])
-    return CamMaps(cam.clamp(0, 1).cpu().numpy().astype(np.float32),
-                   probs.cpu().numpy().astype(np.float32), constant.cpu().numpy())
+    return CamMaps(
+        cam.clamp(0, 1).cpu().numpy().astype(np.float32),
+        probs.cpu().numpy().astype(np.float32),
+        constant.cpu().numpy(),
+    )
 
 
-def grad_cam(model: ChestClassifier, x: torch.Tensor | np.ndarray,
-             label_index: int | Sequence[int], method: str = "gradcam") -> np.ndarray:
+def grad_cam(
+    model: ChestClassifier,
+    x: torch.Tensor | np.ndarray,
+    label_index: int | Sequence[int],
+    method: str = "gradcam",
+) -> np.ndarray:
     """Heatmaps float32 (B, H, W) in [0, 1] at the input resolution (see :func:`grad_cam_maps`;
     constant maps are zeros)."""
     return grad_cam_maps(model, x, label_index, method).heatmaps
@@ -192,13 +219,20 @@ def _as_input(image: np.ndarray) -> torch.Tensor:
     """uint8 (S, S) -> float (1, 1, S, S) by the one pixels-to-input path."""
     image = np.asarray(image)
     if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (S, S) pixels as the model sees them (e.g. "
-                         f"load_for_cache(path, size)), got {image.dtype} shape {image.shape}")
+        raise ValueError(
+            f"image must be uint8 (S, S) pixels as the model sees them (e.g. "
+            f"load_for_cache(path, size)), got {image.dtype} shape {image.shape}"
+        )
     return to_model_input(torch.from_numpy(np.ascontiguousarray(image))[None], "cpu")
 
 
-def explain(model: ChestClassifier, image: np.ndarray, labels: Sequence[str] | None = None,
-            top_k: int = 3, method: str = "gradcam") -> list[Explanation]:
+def explain(
+    model: ChestClassifier,
+    image: np.ndarray,
+    labels: Sequence[str] | None = None,
+    top_k: int = 3,
+    method: str = "gradcam",
+) -> list[Explanation]:
     """Heatmaps of one image for named labels or the ``top_k`` most probable ones.
 
     Args:
@@ -219,8 +253,10 @@ def explain(model: ChestClassifier, image: np.ndarray, labels: Sequence[str] | N
     names = list(model.spec.labels)
     if labels is None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(names):
-            raise ValueError(f"top_k must be an integer from 1 to {len(names)} (the model's "
-                             f"labels), got {top_k!r}")
+            raise ValueError(
+                f"top_k must be an integer from 1 to {len(names)} (the model's "
+                f"labels), got {top_k!r}"
+            )
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -241,9 +277,16 @@ def explain(model: ChestClassifier, image: np.ndarray, labels: Sequence[str] | N
         return []
     batch = x.expand(len(chosen), -1, -1, -1)
     maps = grad_cam_maps(model, batch, chosen, method)
-    return [Explanation(names[i], float(maps.probabilities[k]), maps.heatmaps[k], method,
-                        CONSTANT_NOTE if maps.constant[k] else "")
-            for k, i in enumerate(chosen)]
+    return [
+        Explanation(
+            names[i],
+            float(maps.probabilities[k]),
+            maps.heatmaps[k],
+            method,
+            CONSTANT_NOTE if maps.constant[k] else "",
+        )
+        for k, i in enumerate(chosen)
+    ]
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -262,7 +305,9 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
         raise ValueError(f"image and heatmap must be 2-D, got {image.shape} and {heatmap.shape}")
     if heatmap.shape != image.shape:
         t = torch.from_numpy(np.ascontiguousarray(heatmap))[None, None]
-        heatmap = F.interpolate(t, size=image.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+        heatmap = F.interpolate(t, size=image.shape, mode="bilinear", align_corners=False)[
+            0, 0
+        ].numpy()
     heat = np.clip(np.nan_to_num(heatmap), 0.0, 1.0)
     gray = np.repeat((image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
     colour = colormaps["jet"](heat)[..., :3].astype(np.float32)
@@ -299,8 +344,9 @@ def explanation_figure(image: np.ndarray, explanation: Explanation, dpi: int = 1
     return fig
 
 
-def save_explanation_png(path: str | os.PathLike[str], image: np.ndarray,
-                         explanation: Explanation, dpi: int = 100) -> str:
+def save_explanation_png(
+    path: str | os.PathLike[str], image: np.ndarray, explanation: Explanation, dpi: int = 100
+) -> str:
     """Write :func:`explanation_figure` as a PNG (folders created); returns the path.
 
     Args:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -24,10 +25,18 @@ from pydicom.errors import InvalidDicomError
 
 from cxr.choices import FIT_MODES
 
+if TYPE_CHECKING:
+    from pydicom.pixels.decoders.base import Decoder
+
+get_decoder: Callable[[str], Decoder] | None  # None on pydicom 2.4
 try:  # pydicom >= 3
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 except ImportError:  # pragma: no cover - pydicom 2.4
-    from pydicom.pixel_data_handlers.util import apply_color_lut, apply_modality_lut, apply_voi_lut
+    from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]  # pydicom 2.4 names
+        apply_color_lut,
+        apply_modality_lut,
+        apply_voi_lut,
+    )
 
     get_decoder = None
 
@@ -242,7 +251,10 @@ def _pil_to_float(img: Image.Image, path: str) -> np.ndarray:
 
 
 def _fit_pil(
-    img: Image.Image, size: int, fit: str, orig_size: tuple[int, int] | None = None,
+    img: Image.Image,
+    size: int,
+    fit: str,
+    orig_size: tuple[int, int] | None = None,
     box: tuple[float, ...] | None = None,
 ) -> Image.Image:
     """Resize an 'L' or 'F' image into ``(size, size)`` of the same mode.
@@ -288,9 +300,11 @@ def _read_dicom(path: str) -> np.ndarray:
         except NotImplementedError:
             missing = "no decoder exists in pydicom"
         if missing:
-            detail = (f"transfer syntax {syntax.name} ({syntax}) needs a pydicom decoding plugin "
-                      "that is not installed (e.g. pylibjpeg with pylibjpeg-libjpeg or "
-                      f"pylibjpeg-openjpeg, or python-gdcm): {missing}")
+            detail = (
+                f"transfer syntax {syntax.name} ({syntax}) needs a pydicom decoding plugin "
+                "that is not installed (e.g. pylibjpeg with pylibjpeg-libjpeg or "
+                f"pylibjpeg-openjpeg, or python-gdcm): {missing}"
+            )
             raise ImageReadError(path, "unreadable", detail)
     try:
         arr = ds.pixel_array

@@ -94,8 +94,7 @@ def canonical_labels(names: Iterable[str]) -> tuple[str, ...]:
         canon = canonical_label(name)
         if canon in seen:
             raise ValueError(
-                f"label columns {seen[canon]!r} and {name!r} both mean {canon!r}; "
-                "keep one of them"
+                f"label columns {seen[canon]!r} and {name!r} both mean {canon!r}; keep one of them"
             )
         seen[canon] = name
         out.append(canon)

@@ -17,6 +17,7 @@ from cxr.table import LabelTable
 
 __all__ = ["LeakageReport", "find_leakage"]
 
+
 @dataclass(frozen=True)
 class LeakageReport:
     """Patients found in more than one split.
@@ -83,9 +84,7 @@ def find_leakage(tables: Mapping[str, LabelTable]) -> LeakageReport:
     if not isinstance(tables, Mapping):
         raise TypeError("find_leakage takes a mapping of split name -> LabelTable")
     if len(tables) < 2:
-        raise ValueError(
-            f"find_leakage needs at least two tables to compare, got {len(tables)}"
-        )
+        raise ValueError(f"find_leakage needs at least two tables to compare, got {len(tables)}")
     splits = tuple(str(n) for n in tables)
     ids = [t.meta["patient_id"].to_numpy(dtype=object) for t in tables.values()]
     frame = pd.DataFrame(
@@ -103,8 +102,6 @@ def find_leakage(tables: Mapping[str, LabelTable]) -> LeakageReport:
     if len(leaking):
         hits = pairs[pairs["patient"].isin(leaking)].sort_values(["patient", "split"])
         grouped = hits.groupby("patient", sort=True)["split"].agg(tuple)
-        shared = {
-            str(pid): tuple(splits[i] for i in where) for pid, where in grouped.items()
-        }
+        shared = {str(pid): tuple(splits[i] for i in where) for pid, where in grouped.items()}
         images = int(frame["patient"].isin(leaking).sum())
     return LeakageReport(splits=splits, shared=shared, images_affected=images)

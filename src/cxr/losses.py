@@ -134,6 +134,9 @@ def weighted_bce_from_probs(
 class _WeightedLogitBCE(nn.Module):
     """``w_pos * y * -log sigmoid(z) + w_neg * (1 - y) * -log sigmoid(-z)`` per entry."""
 
+    w_pos: Tensor  # registered buffers
+    w_neg: Tensor
+
     def __init__(
         self,
         w_pos: Sequence[float] | np.ndarray | Tensor,
@@ -239,7 +242,7 @@ def _degenerate(pos: np.ndarray, names: Sequence[str], loss: str) -> np.ndarray:
                 if not np.isfinite(pos[i])
                 else ("no positives" if pos[i] <= 0 else "no negatives")
             )
-            parts.append(f"{names[i]!r} ({why})")
+            parts.append(f"{names[int(i)]!r} ({why})")
         warnings.warn(
             f"{loss}: training labels give no class weight for {', '.join(parts)}; "
             "a neutral weight is used for them. Check the training split.",

@@ -242,6 +242,8 @@ def _info(path: Path, meta: dict[str, Any]) -> ModelInfo:
         raise ModelFileError(path, "its training summary is not a JSON object")
     try:
         spec_dict = meta.get("spec")
+        if not isinstance(spec_dict, dict):
+            raise ValueError(f"the spec must be a JSON object, got {type(spec_dict).__name__}")
         if meta["format_version"] == 1:
             spec_dict = ModelSpec.upgrade_v1(spec_dict, str(training.get("fit", "pad")))
         spec = ModelSpec.from_dict(spec_dict)

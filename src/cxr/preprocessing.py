@@ -75,15 +75,23 @@ class Preprocessing:
     intensity: str = INTENSITY
 
     def __post_init__(self) -> None:
-        if (isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer))
-                or not MIN_SIZE <= self.size <= MAX_SIZE):
-            raise ValueError(f"input_size (preprocessing.size) must be an integer from {MIN_SIZE} "
-                             f"to {MAX_SIZE} pixels, got {self.size!r}")
+        if (
+            isinstance(self.size, bool)
+            or not isinstance(self.size, (int, np.integer))
+            or not MIN_SIZE <= self.size <= MAX_SIZE
+        ):
+            raise ValueError(
+                f"input_size (preprocessing.size) must be an integer from {MIN_SIZE} "
+                f"to {MAX_SIZE} pixels, got {self.size!r}"
+            )
         if self.fit not in FIT_MODES:
-            raise ValueError(f"preprocessing.fit must be one of {list(FIT_MODES)}, got {self.fit!r}")
+            raise ValueError(
+                f"preprocessing.fit must be one of {list(FIT_MODES)}, got {self.fit!r}"
+            )
         if self.intensity != INTENSITY:
-            raise ValueError(f"preprocessing.intensity must be {INTENSITY!r}, got "
-                             f"{self.intensity!r}")
+            raise ValueError(
+                f"preprocessing.intensity must be {INTENSITY!r}, got {self.intensity!r}"
+            )
         object.__setattr__(self, "size", int(self.size))
         if self.mean is not None:
             object.__setattr__(self, "mean", _triple(self.mean, "mean", positive=False))
@@ -92,8 +100,11 @@ class Preprocessing:
 
     def with_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> Preprocessing:
         """This record with ``mean``/``std`` filled in where they are None."""
-        return replace(self, mean=self.mean if self.mean is not None else _triple(mean, "mean", False),
-                       std=self.std if self.std is not None else _triple(std, "std", True))
+        return replace(
+            self,
+            mean=self.mean if self.mean is not None else _triple(mean, "mean", False),
+            std=self.std if self.std is not None else _triple(std, "std", True),
+        )
 
     def load(self, path: str | os.PathLike[str]) -> np.ndarray:
         """Decode ``path`` as training saw it: uint8 (size, size). Raises
@@ -112,25 +123,33 @@ class Preprocessing:
             raise ValueError(
                 f"images must be uint8 (B, {self.size}, {self.size}) preprocessed pixels "
                 f"(Preprocessing.load(path) or a prepared cache of --size {self.size} --fit "
-                f"{self.fit}), got {pixels.dtype} {pixels.shape}")
+                f"{self.fit}), got {pixels.dtype} {pixels.shape}"
+            )
         return pixels
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "fit": self.fit, "intensity": self.intensity,
-                "mean": None if self.mean is None else list(self.mean),
-                "std": None if self.std is None else list(self.std)}
+        return {
+            "size": self.size,
+            "fit": self.fit,
+            "intensity": self.intensity,
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
         """Inverse of :meth:`to_dict`; unknown or bad fields are a ValueError naming them."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"preprocessing must be a mapping (size, fit, intensity, mean, std), "
-                             f"got {type(data).__name__}")
+            raise ValueError(
+                f"preprocessing must be a mapping (size, fit, intensity, mean, std), "
+                f"got {type(data).__name__}"
+            )
         known = {f.name for f in fields(cls)}
         extra = sorted(set(data) - known)
         if extra:
-            raise ValueError(f"unknown field(s) {extra} in preprocessing; known fields: "
-                             f"{sorted(known)}")
+            raise ValueError(
+                f"unknown field(s) {extra} in preprocessing; known fields: {sorted(known)}"
+            )
         return cls(**dict(data))
 
 
@@ -142,7 +161,7 @@ def to_model_input(pixels: _Array, device: Any = None, channels_last: bool = Fal
     path, no torch needed).
     """
     if isinstance(pixels, np.ndarray):
-        return (pixels.astype(np.float32)[:, None] / np.float32(255.0))
+        return pixels.astype(np.float32)[:, None] / np.float32(255.0)
     x = pixels.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
     if channels_last:
         import torch

@@ -16,6 +16,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,7 @@ def _check_fractions(
     fractions: Mapping[str, float] | Iterable[tuple[str, float]],
 ) -> tuple[tuple[str, ...], np.ndarray]:
     """Validated split names and fractions (a float64 array summing to 1)."""
+    pairs: list[tuple[Any, ...]]  # unvalidated user input, checked below
     if isinstance(fractions, Mapping):
         pairs = list(fractions.items())
     else:
@@ -87,14 +89,12 @@ def _check_fractions(
         except (TypeError, ValueError):
             raise ValueError(f"fraction of split {name!r} is not a number: {value!r}") from None
         if not np.isfinite(v) or v <= 0:
-            raise ValueError(
-                f"fraction of split {name!r} must be a positive number, got {value!r}"
-            )
+            raise ValueError(f"fraction of split {name!r} must be a positive number, got {value!r}")
         names.append(name)
         values.append(v)
     total = float(sum(values))
     if abs(total - 1.0) > _FRACTION_TOLERANCE:
-        shown = ", ".join(f"{n}={v:g}" for n, v in zip(names, values))
+        shown = ", ".join(f"{n}={v:g}" for n, v in zip(names, values, strict=True))
         raise ValueError(f"fractions must sum to 1, but {shown} sum to {total:.6g}")
     return tuple(names), np.asarray(values, dtype=np.float64) / total
 
@@ -118,8 +118,7 @@ def _check_assignment(table: LabelTable, assignment: np.ndarray) -> np.ndarray:
     if empty.any():
         row = int(np.flatnonzero(empty)[0])
         raise ValueError(
-            f"{int(empty.sum())} images have no split name (first: "
-            f"{table.meta.at[row, 'path']!r})"
+            f"{int(empty.sum())} images have no split name (first: {table.meta.at[row, 'path']!r})"
         )
     return values
 
@@ -239,7 +238,7 @@ def split_by_patient(
 
 def _kept_assignment(
     table: LabelTable,
-    keep_existing: bool | Iterable[str],
+    keep_existing: Literal[True] | Iterable[str],
     inverse: np.ndarray,
     patients: np.ndarray,
     names: tuple[str, ...],
@@ -266,11 +265,11 @@ def _kept_assignment(
     pairs = pd.DataFrame({"patient": inverse[rows], "code": codes}).drop_duplicates()
     multi = pairs["patient"].duplicated(keep=False).to_numpy()
     if multi.any():
-        bad = pairs[multi].groupby("patient")["code"].agg(
-            lambda c: sorted(all_names[i] for i in c)
-        )
+        bad = pairs[multi].groupby("patient")["code"].agg(lambda c: sorted(all_names[i] for i in c))
+        # the groupby keys are the integer patient codes (pandas stubs type them Hashable)
         examples = "; ".join(
-            f"patient {str(patients[p])!r} in {', '.join(s)}" for p, s in list(bad.items())[:5]
+            f"patient {str(patients[cast(int, p)])!r} in {', '.join(s)}"
+            for p, s in list(bad.items())[:5]
         )
         raise ValueError(
             f"cannot keep the existing splits: {len(bad)} patients have images kept in "
@@ -401,9 +400,7 @@ def split_summary(
     with np.errstate(invalid="ignore", divide="ignore"):
         prevalence = np.where(known > 0, positives / np.maximum(known, 1), np.nan)
     keys = _patient_keys(table)
-    patients = (
-        pd.DataFrame({"split": codes, "patient": keys}).groupby("split")["patient"].nunique()
-    )
+    patients = pd.DataFrame({"split": codes, "patient": keys}).groupby("split")["patient"].nunique()
     frame = pd.DataFrame(
         {
             "images": np.bincount(codes, minlength=k).astype(np.int64),

@@ -79,7 +79,7 @@ class LabelTable:
         views: Sequence[str] | None = None,
         splits: Sequence[str] | None = None,
         source: str = "",
-    ) -> "LabelTable":
+    ) -> LabelTable:
         """Build a table from parallel sequences (views and splits default to ``""``)."""
         n = len(paths)
         meta = pd.DataFrame(
@@ -116,7 +116,7 @@ class LabelTable:
         return frame
 
     # selection -------------------------------------------------------------------
-    def subset(self, rows: np.ndarray | Sequence[int] | Sequence[bool]) -> "LabelTable":
+    def subset(self, rows: np.ndarray | Sequence[int] | Sequence[bool]) -> LabelTable:
         """Rows by integer index or boolean mask, as a new table."""
         rows = np.asarray(rows)
         if rows.dtype == bool:
@@ -126,7 +126,7 @@ class LabelTable:
         meta = self.meta.iloc[rows].reset_index(drop=True)
         return LabelTable(meta, self.labels[rows], self.pathologies, self.source)
 
-    def select_labels(self, names: Sequence[str]) -> "LabelTable":
+    def select_labels(self, names: Sequence[str]) -> LabelTable:
         """Keep (and order) the named labels; an unknown name is an error naming the choices."""
         from cxr.labels import canonical_label
 
@@ -146,7 +146,7 @@ class LabelTable:
         return path
 
     @classmethod
-    def read_csv(cls, path: str | Path, source: str = "") -> "LabelTable":
+    def read_csv(cls, path: str | Path, source: str = "") -> LabelTable:
         """Read a table written by :meth:`save_csv` (columns ``path, patient_id, view, split``
         then one column per label, empty = unknown). Other CSV layouts: see
         :func:`cxr.datasets.read_csv_table`."""

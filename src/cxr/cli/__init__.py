@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxr",
         description="Multi-label chest X-ray classification: datasets, decode-once cache, "
-                    f"training, evaluation, prediction and Grad-CAM explanations. {RESEARCH_NOTICE}",
+        f"training, evaluation, prediction and Grad-CAM explanations. {RESEARCH_NOTICE}",
     )
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -57,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cxr {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted; work done so far is kept (run the same command to continue)",
-              file=sys.stderr)
+        print(
+            "interrupted; work done so far is kept (run the same command to continue)",
+            file=sys.stderr,
+        )
         return 130
 
 

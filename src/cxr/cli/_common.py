@@ -34,6 +34,7 @@ __all__ = [
 #: bad usage or input.
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
+
 class CLIError(ValueError):
     """A user error the CLI reports in one line (exit code 2)."""
 
@@ -49,21 +50,29 @@ def parse_list(text: str | None, flag: str) -> list[str] | None:
     return items
 
 
-def add_dataset_format(p: argparse.ArgumentParser | argparse._ArgumentGroup,
-                       what: str = "dataset") -> None:
-    p.add_argument("--format", choices=DATASET_FORMATS,
-                   help=f"{what} format (default: detected from the files present)")
+def add_dataset_format(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "dataset"
+) -> None:
+    p.add_argument(
+        "--format",
+        choices=DATASET_FORMATS,
+        help=f"{what} format (default: detected from the files present)",
+    )
 
 
 def add_device(p: argparse.ArgumentParser | argparse._ArgumentGroup, default: str = "cpu") -> None:
-    p.add_argument("--device", default=default,
-                   help=f"torch device: {DEVICE_HELP} (default: %(default)s)")
+    p.add_argument(
+        "--device", default=default, help=f"torch device: {DEVICE_HELP} (default: %(default)s)"
+    )
 
 
 def add_precision(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
-                   help="forward-pass precision; auto = bf16 on a GPU, fp32 on the CPU "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="forward-pass precision; auto = bf16 on a GPU, fp32 on the CPU (default: %(default)s)",
+    )
 
 
 def add_progress(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -73,30 +82,53 @@ def add_progress(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
 # datasets ----------------------------------------------------------------------------------
 def add_source_options(p: argparse.ArgumentParser, many: bool = True) -> None:
     """The SOURCE argument(s) and the dataset reader options."""
-    p.add_argument("source", nargs="+" if many else None, type=Path,
-                   help="dataset: a folder or a label file (NIH Data_Entry_2017.csv, CheXpert "
-                        "train.csv/valid.csv, a plain CSV, a folder per class, a .txt image list)"
-                        + ("; several are merged over the union of their labels" if many else ""))
+    p.add_argument(
+        "source",
+        nargs="+" if many else None,
+        type=Path,
+        help="dataset: a folder or a label file (NIH Data_Entry_2017.csv, CheXpert "
+        "train.csv/valid.csv, a plain CSV, a folder per class, a .txt image list)"
+        + ("; several are merged over the union of their labels" if many else ""),
+    )
     g = p.add_argument_group("dataset options (each applies to the formats that have it)")
     add_dataset_format(g)
-    g.add_argument("--uncertain", choices=("ones", "zeros", "ignore"),
-                   help="CheXpert: uncertain (-1) labels become 1 (U-Ones), 0 (U-Zeros) or unknown")
-    g.add_argument("--blank", choices=("nan", "zero"),
-                   help="CheXpert: a blank label is unknown (nan, default) or absent (zero)")
-    g.add_argument("--all-views", action="store_true",
-                   help="CheXpert: keep lateral views too (default: frontal only)")
+    g.add_argument(
+        "--uncertain",
+        choices=("ones", "zeros", "ignore"),
+        help="CheXpert: uncertain (-1) labels become 1 (U-Ones), 0 (U-Zeros) or unknown",
+    )
+    g.add_argument(
+        "--blank",
+        choices=("nan", "zero"),
+        help="CheXpert: a blank label is unknown (nan, default) or absent (zero)",
+    )
+    g.add_argument(
+        "--all-views",
+        action="store_true",
+        help="CheXpert: keep lateral views too (default: frontal only)",
+    )
     g.add_argument("--image-column", help="plain CSV: the column holding image file names")
     g.add_argument("--patient-column", help="plain CSV: the column holding patient ids")
-    g.add_argument("--image-root", type=Path,
-                   help="plain CSV: folder the image names are relative to (default: the CSV's)")
-    g.add_argument("--labels", help="comma-separated labels to keep, in this order "
-                                    "(default: all labels of the dataset)")
+    g.add_argument(
+        "--image-root",
+        type=Path,
+        help="plain CSV: folder the image names are relative to (default: the CSV's)",
+    )
+    g.add_argument(
+        "--labels",
+        help="comma-separated labels to keep, in this order (default: all labels of the dataset)",
+    )
 
 
 #: Reader option -> the flag that sets it, for messages.
-_READER_FLAGS = {"uncertain": "--uncertain", "blank": "--blank", "frontal_only": "--all-views",
-                 "image_column": "--image-column", "patient_column": "--patient-column",
-                 "image_root": "--image-root"}
+_READER_FLAGS = {
+    "uncertain": "--uncertain",
+    "blank": "--blank",
+    "frontal_only": "--all-views",
+    "image_column": "--image-column",
+    "patient_column": "--patient-column",
+    "image_root": "--image-root",
+}
 
 
 def _reader_options(args: argparse.Namespace) -> dict[str, Any]:

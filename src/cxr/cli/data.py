@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from cxr.choices import FIT_MODES
 from cxr.cli._common import (
     EXIT_FOUND,
     EXIT_OK,
@@ -17,7 +18,6 @@ from cxr.cli._common import (
     load_sources,
     parse_list,
 )
-from cxr.choices import FIT_MODES
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,44 +27,69 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = data_sub.add_parser("inspect", help="images, patients, views and per-label counts")
     add_source_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--no-check-files", action="store_true",
-                   help="do not check which image files exist on disk")
+    p.add_argument(
+        "--no-check-files", action="store_true", help="do not check which image files exist on disk"
+    )
     p.set_defaults(func=cmd_inspect)
 
     p = data_sub.add_parser("split", help="patient-level train/val/test split, stratified by label")
     add_source_options(p)
-    p.add_argument("--out", type=Path, required=True,
-                   help="folder for train.csv, val.csv, test.csv, split.csv, split_summary.csv")
-    p.add_argument("--fractions", default="train=0.8,val=0.1,test=0.1",
-                   help="split names and fractions of images (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for train.csv, val.csv, test.csv, split.csv, split_summary.csv",
+    )
+    p.add_argument(
+        "--fractions",
+        default="train=0.8,val=0.1,test=0.1",
+        help="split names and fractions of images (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--keep-official", action="store_true",
-                   help="images that already have a split (e.g. NIH's official lists) keep it")
+    p.add_argument(
+        "--keep-official",
+        action="store_true",
+        help="images that already have a split (e.g. NIH's official lists) keep it",
+    )
     p.set_defaults(func=cmd_split)
 
     p = data_sub.add_parser(
-        "check-leakage", help="patients shared between splits; exit code 1 when any is found",
+        "check-leakage",
+        help="patients shared between splits; exit code 1 when any is found",
         description="Report patients that appear in more than one split. Give two or more split "
-                    "files (any dataset format, e.g. train.csv val.csv test.csv, or NIH's "
-                    "train_val_list.txt test_list.txt), or one file with a 'split' column. "
-                    "Exit code 0: no leakage; 1: leakage found; 2: bad input.")
+        "files (any dataset format, e.g. train.csv val.csv test.csv, or NIH's "
+        "train_val_list.txt test_list.txt), or one file with a 'split' column. "
+        "Exit code 0: no leakage; 1: leakage found; 2: bad input.",
+    )
     add_source_options(p)
     p.set_defaults(func=cmd_check_leakage)
 
-    p = sub.add_parser("prepare", help="decode every image once into a memory-mappable cache",
-                       description="Decode and resize every image once into OUT (pixels.npy, "
-                                   "labels.csv, manifest.json, rejects.csv). Resumable: run the "
-                                   "same command again after an interruption.")
+    p = sub.add_parser(
+        "prepare",
+        help="decode every image once into a memory-mappable cache",
+        description="Decode and resize every image once into OUT (pixels.npy, "
+        "labels.csv, manifest.json, rejects.csv). Resumable: run the "
+        "same command again after an interruption.",
+    )
     add_source_options(p)
     p.add_argument("--out", type=Path, required=True, help="cache folder")
-    p.add_argument("--size", type=int, default=224, help="output side in pixels (default: %(default)s)")
-    p.add_argument("--fit", choices=FIT_MODES, default="pad",
-                   help="keep the aspect ratio by padding with black to a square (pad, default) "
-                        "or by cropping the centre square (crop)")
+    p.add_argument(
+        "--size", type=int, default=224, help="output side in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--fit",
+        choices=FIT_MODES,
+        default="pad",
+        help="keep the aspect ratio by padding with black to a square (pad, default) "
+        "or by cropping the centre square (crop)",
+    )
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
     p.add_argument("--strict", action="store_true", help="exit code 1 if any image is rejected")
-    p.add_argument("--overwrite", action="store_true",
-                   help="rebuild OUT if it holds a cache of other settings or images")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild OUT if it holds a cache of other settings or images",
+    )
     add_progress(p)
     p.set_defaults(func=cmd_prepare)
 
@@ -73,8 +98,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--n", type=int, default=600, help="number of images (default: %(default)s)")
     p.add_argument("--size", type=int, default=256, help="side in pixels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--prevalence", type=float, default=0.3,
-                   help="probability of each finding per image (default: %(default)s)")
+    p.add_argument(
+        "--prevalence",
+        type=float,
+        default=0.3,
+        help="probability of each finding per image (default: %(default)s)",
+    )
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     add_progress(p)
     p.set_defaults(func=cmd_synth)
@@ -97,7 +126,9 @@ def _parse_fractions(text: str) -> dict[str, float]:
                 raise ValueError
             out[name.strip()] = float(value)
         except ValueError:
-            raise CLIError(f"--fractions: {part!r} is not NAME=NUMBER (e.g. train=0.8,val=0.1,test=0.1)")
+            raise CLIError(
+                f"--fractions: {part!r} is not NAME=NUMBER (e.g. train=0.8,val=0.1,test=0.1)"
+            ) from None
     return out
 
 
@@ -105,8 +136,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     from cxr.split import save_split, split_by_patient, split_summary
 
     table = load_sources(args)
-    assignment = split_by_patient(table, _parse_fractions(args.fractions), seed=args.seed,
-                                  keep_existing=args.keep_official)
+    assignment = split_by_patient(
+        table, _parse_fractions(args.fractions), seed=args.seed, keep_existing=args.keep_official
+    )
     written = save_split(args.out, table, assignment)
     print(split_summary(table, assignment).to_string(float_format=lambda v: f"{v:.3f}"))
     print("written: " + ", ".join(str(p) for p in written.values()))
@@ -123,8 +155,10 @@ def cmd_check_leakage(args: argparse.Namespace) -> int:
         table = load_sources(args)
         names = sorted(set(table.meta["split"]) - {""})
         if len(names) < 2:
-            raise CLIError(f"{args.source[0]} holds {len(names)} split(s); give two or more "
-                           "split files, or one file with a 'split' column naming two or more")
+            raise CLIError(
+                f"{args.source[0]} holds {len(names)} split(s); give two or more "
+                "split files, or one file with a 'split' column naming two or more"
+            )
         tables = {n: table.subset(table.meta["split"].to_numpy() == n) for n in names}
     else:
         tables = {}
@@ -140,9 +174,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from cxr.cache import prepare
 
     table = load_sources(args)
-    summary = prepare(table, args.out, args.size, args.fit, workers=args.workers,
-                      progress=not args.no_progress, overwrite=args.overwrite,
-                      source=", ".join(str(s) for s in args.source))
+    summary = prepare(
+        table,
+        args.out,
+        args.size,
+        args.fit,
+        workers=args.workers,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        source=", ".join(str(s) for s in args.source),
+    )
     print(summary.to_text())
     if args.strict and summary.rejected:
         print(f"--strict: {summary.rejected} image(s) rejected", file=sys.stderr)
@@ -153,8 +194,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from cxr.synth import SynthConfig, generate_phantoms
 
-    config = SynthConfig(n_images=args.n, size=args.size, seed=args.seed, prevalence=args.prevalence)
+    config = SynthConfig(
+        n_images=args.n, size=args.size, seed=args.seed, prevalence=args.prevalence
+    )
     table = generate_phantoms(args.out, config, workers=args.workers, progress=not args.no_progress)
-    print(f"wrote {len(table)} phantom images of {len(set(table.patient_ids))} patients to "
-          f"{args.out} (labels: {', '.join(table.pathologies)}; labels.csv, images/, masks/)")
+    print(
+        f"wrote {len(table)} phantom images of {len(set(table.patient_ids))} patients to "
+        f"{args.out} (labels: {', '.join(table.pathologies)}; labels.csv, images/, masks/)"
+    )
     return EXIT_OK

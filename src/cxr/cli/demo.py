@@ -12,22 +12,41 @@ from cxr.cli._common import EXIT_OK, CLIError, add_device
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``demo``."""
     p = sub.add_parser(
-        "demo", help="the whole pipeline on generated phantoms (no data, no GPU) or on --data",
-        description="Generate phantoms (or read --data), split by patient, check leakage, prepare the "
-                    "cache, train a model, evaluate it on the test split (report with ROC curves), "
-                    "predict and explain held-out images, and check where the heatmaps point. "
-                    "About two minutes on two CPU cores with the defaults. " + RESEARCH_NOTICE)
-    p.add_argument("--out", type=Path, default=Path("cxr-demo"), help="output folder (default: %(default)s)")
-    p.add_argument("--data", type=Path, metavar="PATH",
-                   help="run on this dataset (any format cxr data inspect reads) instead of phantoms")
+        "demo",
+        help="the whole pipeline on generated phantoms (no data, no GPU) or on --data",
+        description="Generate phantoms (or read --data), split by patient, check leakage, "
+        "prepare the cache, train a model, evaluate it on the test split (report with ROC curves), "
+        "predict and explain held-out images, and check where the heatmaps point. "
+        "About two minutes on two CPU cores with the defaults. " + RESEARCH_NOTICE,
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("cxr-demo"), help="output folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="PATH",
+        help="run on this dataset (any format cxr data inspect reads) instead of phantoms",
+    )
     p.add_argument("--n", type=int, default=1000, help="phantom images (default: %(default)s)")
-    p.add_argument("--size", type=int,
-                   help="cache and model input side in pixels (default: 64 for phantoms, 224 with --data)")
+    p.add_argument(
+        "--size",
+        type=int,
+        help="cache and model input side in pixels (default: 64 for phantoms, 224 with --data)",
+    )
     p.add_argument("--epochs", type=int, default=16, help="training epochs (default: %(default)s)")
-    p.add_argument("--backbone", default="cxr-small-cnn",
-                   help="backbone to train (default: %(default)s; densenet121 wants a GPU)")
+    p.add_argument(
+        "--backbone",
+        default="cxr-small-cnn",
+        help="backbone to train (default: %(default)s; densenet121 wants a GPU)",
+    )
     add_device(p, default="auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of phantoms, split and training (default: %(default)s)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of phantoms, split and training (default: %(default)s)",
+    )
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.set_defaults(func=cmd_demo)
 
@@ -37,6 +56,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.data is not None and not args.data.exists():
         raise CLIError(f"--data {args.data} does not exist")
-    run_demo(args.out, n_images=args.n, size=args.size, workers=args.workers, seed=args.seed,
-             data=args.data, epochs=args.epochs, backbone=args.backbone, device=args.device)
+    run_demo(
+        args.out,
+        n_images=args.n,
+        size=args.size,
+        workers=args.workers,
+        seed=args.seed,
+        data=args.data,
+        epochs=args.epochs,
+        backbone=args.backbone,
+        device=args.device,
+    )
     return EXIT_OK

@@ -44,58 +44,117 @@ from cxr.cli._common import (
 if TYPE_CHECKING:
     from cxr.evaluation import ValidationPredictions
 
+
 def _common(p: argparse.ArgumentParser, out_default: str) -> None:
     add_dataset_format(p, "SOURCE's")
-    p.add_argument("--labels", help="comma-separated labels to evaluate (default: those both sides have)")
-    p.add_argument("--image-column", help="column of the predictions CSV holding image names (default: detected)")
-    p.add_argument("--out", type=Path, default=Path(out_default), help="report folder (default: %(default)s)")
-    p.add_argument("--bootstrap", type=int, default=1000,
-                   help="patient bootstrap resamples for the CIs; 0 skips them (default: %(default)s)")
+    p.add_argument(
+        "--labels", help="comma-separated labels to evaluate (default: those both sides have)"
+    )
+    p.add_argument(
+        "--image-column",
+        help="column of the predictions CSV holding image names (default: detected)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path(out_default), help="report folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="patient bootstrap resamples for the CIs; 0 skips them (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="evaluate the images that match when some are on one side only or some predictions "
-                        "are empty (default: refuse); the report says what was left out")
-    p.add_argument("--allow-duplicates", action="store_true",
-                   help="keep the first of identical repeated prediction rows (default: refuse)")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="evaluate the images that match when some are on one side only or some predictions "
+        "are empty (default: refuse); the report says what was left out",
+    )
+    p.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="keep the first of identical repeated prediction rows (default: refuse)",
+    )
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``evaluate`` and ``compare`` on a sub-parser set (``set_defaults(func=...)``)."""
     p = subparsers.add_parser(
-        "evaluate", help="per-label AUC with CIs, calibration, curves and reports",
-        description="Evaluate a model file (run on SOURCE) or a predictions CSV against a dataset's labels: per-label AUC with a patient-bootstrap "
-                    "CI, prevalence, average precision, calibration; operating-point metrics at thresholds "
-                    f"chosen on validation data. Writes report.md/.json/.html and PNG figures. {RESEARCH_NOTICE}")
-    p.add_argument("source", nargs="?", type=Path,
-                   help="dataset (any supported format) or prepared cache folder with the true labels; default: "
-                        "the folder of --predictions when it holds a dataset")
-    p.add_argument("--model", type=Path, metavar="MODEL",
-                   help="model file (.safetensors from cxr train) to run on SOURCE; its stored thresholds "
-                        "give the operating points unless --thresholds-from is given")
-    p.add_argument("--predictions", type=Path, metavar="CSV",
-                   help="predictions CSV: an image column and one probability column per label (prob_<Label>)")
+        "evaluate",
+        help="per-label AUC with CIs, calibration, curves and reports",
+        description="Evaluate a model file (run on SOURCE) or a predictions CSV against a "
+        "dataset's labels: per-label AUC with a patient-bootstrap CI, prevalence, average "
+        "precision, calibration; operating-point metrics at thresholds chosen on validation "
+        f"data. Writes report.md/.json/.html and PNG figures. {RESEARCH_NOTICE}",
+    )
+    p.add_argument(
+        "source",
+        nargs="?",
+        type=Path,
+        help="dataset (any supported format) or prepared cache folder with the true labels; "
+        "default: the folder of --predictions when it holds a dataset",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        metavar="MODEL",
+        help="model file (.safetensors from cxr train) to run on SOURCE; its stored thresholds "
+        "give the operating points unless --thresholds-from is given",
+    )
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="CSV",
+        help="predictions CSV: an image column and one probability column per label (prob_<Label>)",
+    )
     add_device(p)
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch for --model (default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per batch for --model (default: %(default)s)",
+    )
     add_progress(p)
-    p.add_argument("--thresholds-from", type=Path, metavar="VAL_PRED_CSV|JSON",
-                   help="validation predictions CSV to choose thresholds on (labels from --val-source), or a "
-                        "JSON file of thresholds; without it no operating-point metrics are reported")
-    p.add_argument("--val-source", type=Path,
-                   help="dataset with the validation labels (default: the folder of --thresholds-from)")
-    p.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="youden",
-                   help="how thresholds are chosen on validation data (default: %(default)s)")
-    p.add_argument("--target-sensitivity", type=float, default=0.9,
-                   help="with --threshold-method sensitivity (default: %(default)s)")
+    p.add_argument(
+        "--thresholds-from",
+        type=Path,
+        metavar="VAL_PRED_CSV|JSON",
+        help="validation predictions CSV to choose thresholds on (labels from --val-source), or a "
+        "JSON file of thresholds; without it no operating-point metrics are reported",
+    )
+    p.add_argument(
+        "--val-source",
+        type=Path,
+        help="dataset with the validation labels (default: the folder of --thresholds-from)",
+    )
+    p.add_argument(
+        "--threshold-method",
+        choices=THRESHOLD_METHODS,
+        default="youden",
+        help="how thresholds are chosen on validation data (default: %(default)s)",
+    )
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.9,
+        help="with --threshold-method sensitivity (default: %(default)s)",
+    )
     _common(p, "cxr-eval")
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser(
-        "compare", help="per-label AUC difference of two prediction files (DeLong, paired bootstrap)",
-        description=f"Compare two prediction files on the same images. {RESEARCH_NOTICE}")
+        "compare",
+        help="per-label AUC difference of two prediction files (DeLong, paired bootstrap)",
+        description=f"Compare two prediction files on the same images. {RESEARCH_NOTICE}",
+    )
     p.add_argument("pred_a", type=Path, help="predictions CSV of model A")
     p.add_argument("pred_b", type=Path, help="predictions CSV of model B")
-    p.add_argument("source", nargs="?", type=Path,
-                   help="dataset with the labels (default: the folder of PRED_A when it holds a dataset)")
+    p.add_argument(
+        "source",
+        nargs="?",
+        type=Path,
+        help="dataset with the labels (default: the folder of PRED_A when it holds a dataset)",
+    )
     p.add_argument("--names", help="display names A,B (default: the file names)")
     _common(p, "cxr-compare")
     p.set_defaults(func=run_compare)
@@ -112,8 +171,14 @@ def _validation(args: argparse.Namespace) -> ValidationPredictions | Path | None
         return None
     if args.thresholds_from.suffix.lower() == ".json":
         return args.thresholds_from
-    return ValidationPredictions(args.thresholds_from, args.val_source, args.threshold_method,
-                                 args.target_sensitivity, args.format, args.image_column)
+    return ValidationPredictions(
+        args.thresholds_from,
+        args.val_source,
+        args.threshold_method,
+        args.target_sensitivity,
+        args.format,
+        args.image_column,
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -121,9 +186,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from cxr.evaluation import evaluate_model, evaluate_predictions
 
     labels = parse_list(args.labels, "--labels")
-    options = {"validation": _validation(args), "format": args.format, "labels": labels,
-               "n_bootstrap": args.bootstrap, "seed": args.seed,
-               "allow_missing": args.allow_missing, "allow_duplicates": args.allow_duplicates}
+    options = {
+        "validation": _validation(args),
+        "format": args.format,
+        "labels": labels,
+        "n_bootstrap": args.bootstrap,
+        "seed": args.seed,
+        "allow_missing": args.allow_missing,
+        "allow_duplicates": args.allow_duplicates,
+    }
     if args.model is not None:
         if args.predictions is not None:
             raise CLIError("give either --model MODEL or --predictions CSV, not both")
@@ -131,21 +202,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise CLIError("--model needs SOURCE: the dataset or prepared cache to run it on")
         if args.batch_size < 1:
             raise CLIError(f"--batch-size must be 1 or more, got {args.batch_size}")
-        result = evaluate_model(args.model, args.source, device=args.device,
-                                batch_size=args.batch_size, progress=not args.no_progress,
-                                **options)
+        result = evaluate_model(
+            args.model,
+            args.source,
+            device=args.device,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            **options,
+        )
     elif args.predictions is not None:
-        result = evaluate_predictions(args.predictions, args.source,
-                                      image_column=args.image_column, **options)
+        result = evaluate_predictions(
+            args.predictions, args.source, image_column=args.image_column, **options
+        )
     else:
-        raise CLIError("give --model MODEL (with SOURCE) or --predictions CSV (a file with one "
-                       "probability column per label)")
+        raise CLIError(
+            "give --model MODEL (with SOURCE) or --predictions CSV (a file with one "
+            "probability column per label)"
+        )
     written = result.save(args.out)
     sys.stdout.write(result.to_text())
     per_label = [k for k in written if k.startswith("roc_") and k != "roc_all"]
-    print(f"reports written to {args.out}: "
-          + ", ".join(p.name for k, p in written.items() if k not in per_label)
-          + f", and {len(per_label)} per-label ROC figures (roc_<label>.png)")
+    print(
+        f"reports written to {args.out}: "
+        + ", ".join(p.name for k, p in written.items() if k not in per_label)
+        + f", and {len(per_label)} per-label ROC figures (roc_<label>.png)"
+    )
     return EXIT_OK
 
 
@@ -160,17 +241,35 @@ def run_compare(args: argparse.Namespace) -> int:
     preds_a = read_predictions(args.pred_a, labels, args.image_column)
     preds_b = read_predictions(args.pred_b, labels, args.image_column)
     source = args.source or default_source(args.pred_a)
-    y, pa, pb, patients, rep = align_pair(load_labels(source, args.format), preds_a, preds_b, labels,
-                                          args.allow_missing, args.allow_duplicates)
-    names = (parse_list(args.names, "--names") or []) if args.names else [args.pred_a.name,
-                                                                          args.pred_b.name]
+    y, pa, pb, patients, rep = align_pair(
+        load_labels(source, args.format),
+        preds_a,
+        preds_b,
+        labels,
+        args.allow_missing,
+        args.allow_duplicates,
+    )
+    names = (
+        (parse_list(args.names, "--names") or [])
+        if args.names
+        else [args.pred_a.name, args.pred_b.name]
+    )
     if len(names) != 2:
         raise CLIError(f"--names needs two names separated by a comma, got {args.names!r}")
     if names[0] == names[1]:
         names = [f"A ({names[0]})", f"B ({names[1]})"]
-    result = compare(y, pa, pb, rep.pathologies, patients, n_bootstrap=args.bootstrap, seed=args.seed,
-                     model_names=(names[0], names[1]), notes=rep.notes,
-                     sources={"labels": str(source), "A": str(args.pred_a), "B": str(args.pred_b)})
+    result = compare(
+        y,
+        pa,
+        pb,
+        rep.pathologies,
+        patients,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        model_names=(names[0], names[1]),
+        notes=rep.notes,
+        sources={"labels": str(source), "A": str(args.pred_a), "B": str(args.pred_b)},
+    )
     written = write_comparison_report(result, args.out)
     print(RESEARCH_NOTICE)
     print(f"A = {names[0]}, B = {names[1]}; {result.n_images} images; labels from {source}")
@@ -179,10 +278,15 @@ def run_compare(args: argparse.Namespace) -> int:
         if math.isnan(r.diff):
             print(f"{r.name:<20} {r.note}")
             continue
-        print(f"{r.name:<20} {r.auc_a:>6.4f} {r.auc_b:>6.4f} {r.diff:>+7.4f}  "
-              f"{fmt(r.diff_ci_low)} to {fmt(r.diff_ci_high)}  {r.p_value:.4f}")
+        print(
+            f"{r.name:<20} {r.auc_a:>6.4f} {r.auc_b:>6.4f} {r.diff:>+7.4f}  "
+            f"{fmt(r.diff_ci_low)} to {fmt(r.diff_ci_high)}  {r.p_value:.4f}"
+        )
     ma, mb = result.macro()
-    print(f"macro AUC A {fmt(ma, 4)}, B {fmt(mb, 4)} over {len(result.compared)} labels (p-values unadjusted)")
+    print(
+        f"macro AUC A {fmt(ma, 4)}, B {fmt(mb, 4)} over {len(result.compared)} labels "
+        "(p-values unadjusted)"
+    )
     for note in result.notes:
         print(f"note: {note}")
     print(f"reports written to {args.out}: " + ", ".join(p.name for p in written.values()))

@@ -38,55 +38,115 @@ if TYPE_CHECKING:
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``predict`` and ``localize`` (each with ``set_defaults(func=...)``)."""
     p = subparsers.add_parser(
-        "predict", help="label probabilities (and Grad-CAM heatmaps) for image files",
-        description="Predict every label for PNG, JPEG or DICOM images, preprocessed as in training "
-                    "(size and fit read from the model file). Exit code 0: all images predicted; "
-                    f"1: some file was unreadable and skipped; 2: bad usage or model. {RESEARCH_NOTICE}")
+        "predict",
+        help="label probabilities (and Grad-CAM heatmaps) for image files",
+        description="Predict every label for PNG, JPEG or DICOM images, preprocessed as in "
+        "training (size and fit read from the model file). Exit code 0: all images predicted; "
+        f"1: some file was unreadable and skipped; 2: bad usage or model. {RESEARCH_NOTICE}",
+    )
     p.add_argument("model", type=Path, help="model file (.safetensors written by cxr train)")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE|FOLDER",
-                   help="image files and/or folders (searched recursively)")
-    p.add_argument("--format", choices=OUTPUT_FORMATS, default="text",
-                   help="output format (default: %(default)s)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE|FOLDER",
+        help="image files and/or folders (searched recursively)",
+    )
+    p.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        default="text",
+        help="output format (default: %(default)s)",
+    )
     p.add_argument("--out", type=Path, help="write the output to this file (default: stdout)")
-    p.add_argument("--explain", type=Path, metavar="OUTDIR",
-                   help="write a heatmap PNG (image beside overlay) per image and label here")
-    p.add_argument("--top-k", type=int, default=3,
-                   help="explain the K most probable labels (default: %(default)s)")
-    p.add_argument("--explain-labels", metavar="A,B",
-                   help="explain these labels instead of the top K (comma-separated)")
-    p.add_argument("--method", choices=CAM_METHODS, default="gradcam",
-                   help="heatmap method (default: %(default)s)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: mean over original, mirror and 4 small shifts")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    p.add_argument(
+        "--explain",
+        type=Path,
+        metavar="OUTDIR",
+        help="write a heatmap PNG (image beside overlay) per image and label here",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        help="explain the K most probable labels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--explain-labels",
+        metavar="A,B",
+        help="explain these labels instead of the top K (comma-separated)",
+    )
+    p.add_argument(
+        "--method",
+        choices=CAM_METHODS,
+        default="gradcam",
+        help="heatmap method (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: mean over original, mirror and 4 small shifts",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="images per batch (default: %(default)s)"
+    )
     add_device(p)
     add_precision(p)
     add_progress(p)
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser(
-        "localize", help="pointing game and IoU of heatmaps vs phantom masks or NIH boxes",
-        description="Check where the heatmaps point: the fraction of images whose heatmap peak lies "
-                    "inside the finding (pointing game) and the IoU of the half-maximum region with "
-                    f"it, per label. {RESEARCH_NOTICE}")
+        "localize",
+        help="pointing game and IoU of heatmaps vs phantom masks or NIH boxes",
+        description="Check where the heatmaps point: the fraction of images whose heatmap peak "
+        "lies inside the finding (pointing game) and the IoU of the half-maximum region with "
+        f"it, per label. {RESEARCH_NOTICE}",
+    )
     p.add_argument("model", type=Path, help="model file")
-    p.add_argument("source", type=Path,
-                   help="phantom folder (cxr synth: labels.csv, masks/) or folder of NIH images")
-    p.add_argument("--boxes", type=Path, metavar="BBOX_CSV",
-                   help="NIH BBox_List_2017.csv.gz (default: looked for near SOURCE)")
-    p.add_argument("--labels", help="comma-separated labels (default: the model's labels that have "
-                                    "locations)")
-    p.add_argument("--method", choices=CAM_METHODS, default="gradcam",
-                   help="heatmap method (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="IoU region: heatmap >= THRESHOLD x its maximum (default: %(default)s)")
-    p.add_argument("--tolerance", type=float, default=0.0, metavar="PIXELS",
-                   help="also count peaks within PIXELS of the finding (the original pointing "
-                        "game uses 15); reported beside the strict rate (default: %(default)s)")
-    p.add_argument("--out", type=Path, metavar="DIR",
-                   help="also write localization.json and localization.csv here")
+    p.add_argument(
+        "source",
+        type=Path,
+        help="phantom folder (cxr synth: labels.csv, masks/) or folder of NIH images",
+    )
+    p.add_argument(
+        "--boxes",
+        type=Path,
+        metavar="BBOX_CSV",
+        help="NIH BBox_List_2017.csv.gz (default: looked for near SOURCE)",
+    )
+    p.add_argument(
+        "--labels", help="comma-separated labels (default: the model's labels that have locations)"
+    )
+    p.add_argument(
+        "--method",
+        choices=CAM_METHODS,
+        default="gradcam",
+        help="heatmap method (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="IoU region: heatmap >= THRESHOLD x its maximum (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        metavar="PIXELS",
+        help="also count peaks within PIXELS of the finding (the original pointing "
+        "game uses 15); reported beside the strict rate (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="also write localization.json and localization.csv here",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--batch-size", type=int, default=16, help="maps per batch (default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="maps per batch (default: %(default)s)"
+    )
     add_device(p)
     add_progress(p)
     p.set_defaults(func=run_localize)
@@ -96,8 +156,14 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
 
 
-def _write_explanations(predictor: Predictor, result: PredictionResult, out_dir: Path,
-                        labels: list[str] | None, top_k: int, method: str) -> int:
+def _write_explanations(
+    predictor: Predictor,
+    result: PredictionResult,
+    out_dir: Path,
+    labels: list[str] | None,
+    top_k: int,
+    method: str,
+) -> int:
     from cxr.explain import explain, save_explanation_png
 
     written, used = 0, set()
@@ -123,8 +189,13 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be 1 or more, got {args.batch_size}")
     try:
-        predictor = Predictor(args.model, device=args.device, tta=args.tta,
-                              batch_size=args.batch_size, precision=args.precision)
+        predictor = Predictor(
+            args.model,
+            device=args.device,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            precision=args.precision,
+        )
     except RuntimeError as err:  # e.g. a CUDA device on a machine without one
         raise CLIError(str(err)) from None
     labels = parse_list(args.explain_labels, "--explain-labels")
@@ -132,18 +203,20 @@ def run_predict(args: argparse.Namespace) -> int:
         n = len(predictor.labels)
         unknown = [x for x in labels or () if x not in predictor.labels]
         if unknown:
-            raise CLIError(f"--explain-labels {unknown} are not labels of the model; it "
-                           f"has {', '.join(predictor.labels)}")
+            raise CLIError(
+                f"--explain-labels {unknown} are not labels of the model; it "
+                f"has {', '.join(predictor.labels)}"
+            )
         if labels is None and not 1 <= args.top_k <= n:
-            raise CLIError(f"--top-k must be from 1 to {n} (the model's labels), "
-                           f"got {args.top_k}")
+            raise CLIError(f"--top-k must be from 1 to {n} (the model's labels), got {args.top_k}")
     for path in args.inputs:
         if path.is_dir() and not any(path.iterdir()):
             raise CLIError(f"folder {path} is empty; give image files or folders of images")
     result = predictor.predict_images(args.inputs, progress=not args.no_progress)
     if not result.items:
-        raise CLIError("no image files found in " + ", ".join(map(str, args.inputs))
-                       + " (PNG, JPEG or DICOM)")
+        raise CLIError(
+            "no image files found in " + ", ".join(map(str, args.inputs)) + " (PNG, JPEG or DICOM)"
+        )
     text = result.render(args.format)
     if args.out is not None:
         try:
@@ -151,8 +224,10 @@ def run_predict(args: argparse.Namespace) -> int:
             args.out.write_text(text, encoding="utf-8")
         except OSError as err:
             raise CLIError(f"cannot write --out {args.out}: {err}") from None
-        print(f"wrote {args.format} predictions of {len(result.predicted)} image(s) to {args.out}",
-              file=sys.stderr)
+        print(
+            f"wrote {args.format} predictions of {len(result.predicted)} image(s) to {args.out}",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(text)
     if args.format != "text":
@@ -161,12 +236,14 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"cxr predict: skipped {it.path}: {it.reason}: {it.detail}", file=sys.stderr)
     if args.explain is not None and result.predicted:
         try:
-            count = _write_explanations(predictor, result, args.explain, labels, args.top_k,
-                                        args.method)
+            count = _write_explanations(
+                predictor, result, args.explain, labels, args.top_k, args.method
+            )
         except (OSError, ImageReadError) as err:
             raise CLIError(f"cannot write explanations to {args.explain}: {err}") from None
-        print(f"wrote {count} explanation PNG(s) ({args.method}) to {args.explain}",
-              file=sys.stderr)
+        print(
+            f"wrote {count} explanation PNG(s) ({args.method}) to {args.explain}", file=sys.stderr
+        )
     return EXIT_OK if result.all_succeeded else EXIT_FOUND
 
 
@@ -176,11 +253,18 @@ def run_localize(args: argparse.Namespace) -> int:
 
     from cxr.evaluation.localization import localization_report
 
-    report = localization_report(args.model, args.source,
-                                 labels=parse_list(args.labels, "--labels"),
-                                 method=args.method, boxes=args.boxes, threshold=args.threshold,
-                                 tolerance=args.tolerance, batch_size=args.batch_size,
-                                 device=args.device, progress=not args.no_progress)
+    report = localization_report(
+        args.model,
+        args.source,
+        labels=parse_list(args.labels, "--labels"),
+        method=args.method,
+        boxes=args.boxes,
+        threshold=args.threshold,
+        tolerance=args.tolerance,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     if args.json:
         data = report.to_dict()
         data.pop("records")  # per image: in localization.csv with --out

@@ -18,9 +18,9 @@ from cxr.training.config import LOSSES, OPTIMIZERS, SCHEDULES, AugmentConfig, Tr
 
 _HELP = {
     "backbone": "backbone from the registry: densenet121 (default), densenet169, densenet201, "
-                "efficientnet-lite0, cxr-small-cnn",
+    "efficientnet-lite0, cxr-small-cnn",
     "pretrained": "'imagenet' (a local file in the torch hub cache, $CXR_WEIGHTS_DIR, or "
-                  "downloaded by you) or a path to a weights file; default: random init",
+    "downloaded by you) or a path to a weights file; default: random init",
     "pool": f"head pooling: {', '.join(POOLS)}",
     "dropout": "dropout before the output layer",
     "hidden": "widths of dense layers before the output layer, comma-separated (e.g. 512,128)",
@@ -42,7 +42,8 @@ _HELP = {
     "precision": f"one of {', '.join(PRECISIONS)} (mixed precision with autocast)",
     "device": DEVICE_HELP,
     "loader_threads": "batches read ahead from the cache",
-    "deterministic": "deterministic cuDNN kernels (slower on GPU; CPU runs repeat exactly for the same seed and CPU thread count)",
+    "deterministic": "deterministic cuDNN kernels (slower on GPU; CPU runs repeat exactly for "
+    "the same seed and CPU thread count)",
 }
 
 
@@ -50,7 +51,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+def _add_fields(p: argparse._ArgumentGroup, cls, prefix: str = "") -> None:
     defaults = cls()
     for f in dataclasses.fields(cls):
         if f.name == "augment":
@@ -60,8 +61,13 @@ def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         text = _HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {shown})"
         if isinstance(default, bool):
-            p.add_argument(_flag(dest), dest=dest, action=argparse.BooleanOptionalAction,
-                           default=None, help=text)
+            p.add_argument(
+                _flag(dest),
+                dest=dest,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=text,
+            )
         elif f.name in ("hidden", "labels"):
             p.add_argument(_flag(dest), dest=dest, default=None, metavar="A,B,...", help=text)
         else:
@@ -72,16 +78,22 @@ def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``cxr train`` on the top-level sub-command parser."""
     p = sub.add_parser(
-        "train", help="train a model on prepared caches (two phases, best val AUC kept)",
+        "train",
+        help="train a model on prepared caches (two phases, best val AUC kept)",
         description="Train on TRAIN_CACHE, validate on VAL_CACHE every epoch, and write the run "
-                    "folder (config.yaml, history.csv, best.safetensors, last.safetensors, "
-                    "state.pt). Continue an interrupted run with --resume RUN. Several GPUs: "
-                    "torchrun --nproc-per-node N -m cxr train ...")
+        "folder (config.yaml, history.csv, best.safetensors, last.safetensors, "
+        "state.pt). Continue an interrupted run with --resume RUN. Several GPUs: "
+        "torchrun --nproc-per-node N -m cxr train ...",
+    )
     p.add_argument("train_cache", nargs="?", type=Path, help="prepared cache to train on")
     p.add_argument("val_cache", nargs="?", type=Path, help="prepared cache to validate on")
     p.add_argument("--out", type=Path, help="new run folder (default: runs/<backbone>)")
-    p.add_argument("--resume", type=Path, metavar="RUN",
-                   help="continue the run in RUN from its last completed epoch")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue the run in RUN from its last completed epoch",
+    )
     p.add_argument("--config", type=Path, help="read settings from a config.yaml first")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -106,11 +118,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                 try:
                     value = tuple(int(v) for v in value)
                 except ValueError:
-                    raise CLIError(f"--hidden: {args.hidden!r} is not a list of widths "
-                                   "like 512,128") from None
+                    raise CLIError(
+                        f"--hidden: {args.hidden!r} is not a list of widths like 512,128"
+                    ) from None
         changes[f.name] = value
-    aug = {f.name: getattr(args, "augment_" + f.name) for f in dataclasses.fields(AugmentConfig)
-           if getattr(args, "augment_" + f.name, None) is not None}
+    aug = {
+        f.name: getattr(args, "augment_" + f.name)
+        for f in dataclasses.fields(AugmentConfig)
+        if getattr(args, "augment_" + f.name, None) is not None
+    }
     if aug:
         changes["augment"] = dataclasses.replace(base.augment, **aug)
     return base.replace(**changes) if changes else base
@@ -122,18 +138,26 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         given = [n for n in ("train_cache", "val_cache", "config", "out") if getattr(args, n)]
         if given:
-            raise CLIError("--resume continues a run with its saved settings; drop "
-                           + ", ".join(_flag(n) if n in ("config", "out") else n.upper()
-                                       for n in given))
+            raise CLIError(
+                "--resume continues a run with its saved settings; drop "
+                + ", ".join(_flag(n) if n in ("config", "out") else n.upper() for n in given)
+            )
         result = resume(args.resume, progress=not args.no_progress)
     else:
         if args.train_cache is None or args.val_cache is None:
-            raise CLIError("give TRAIN_CACHE and VAL_CACHE (folders made by `cxr prepare`), "
-                           "or --resume RUN")
+            raise CLIError(
+                "give TRAIN_CACHE and VAL_CACHE (folders made by `cxr prepare`), or --resume RUN"
+            )
         config = config_from_args(args)
         out = args.out or Path("runs") / config.backbone
-        result = train(config, args.train_cache, args.val_cache, out,
-                       overwrite=args.overwrite, progress=not args.no_progress)
+        result = train(
+            config,
+            args.train_cache,
+            args.val_cache,
+            out,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     if os.environ.get("RANK", "0") == "0":  # one summary from a torchrun job
         print(run_summary(result))
     return EXIT_OK

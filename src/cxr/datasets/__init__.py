@@ -113,9 +113,7 @@ def detect_format(source: str | os.PathLike[str]) -> str:
     csvs = [e.path for e in entries if e.is_file() and is_csv_name(e.name)]
     if len(csvs) == 1:
         return _csv_format(csvs[0])
-    image_dirs = [
-        e.name for e in entries if e.is_dir() and _has_images_below(e.path, depth=2)
-    ]
+    image_dirs = [e.name for e in entries if e.is_dir() and _has_images_below(e.path, depth=2)]
     # A lone images/ folder beside several CSVs is not a class layout: ask which CSV.
     if image_dirs and not (csvs and image_dirs == ["images"]):
         return "folders"

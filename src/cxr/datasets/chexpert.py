@@ -204,9 +204,7 @@ def _read_one(
                 "to take the patient from"
             )
         patients.append(pid)
-    meta = pd.DataFrame(
-        {"path": paths, "patient_id": patients, "view": views, "split": split_name}
-    )
+    meta = pd.DataFrame({"path": paths, "patient_id": patients, "view": views, "split": split_name})
     table = LabelTable(meta, labels, CHEXPERT14_LABELS, csv_path)
     return table.subset(frontal) if frontal_only else table
 

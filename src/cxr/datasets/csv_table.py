@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 
 import numpy as np
 import pandas as pd
@@ -62,7 +62,7 @@ class NoPatientColumnWarning(UserWarning):
     """A CSV without a patient column: each image counts as its own patient."""
 
 
-def _mangled(column: str, columns: Sequence[str]) -> bool:
+def _mangled(column: str, columns: Container[str]) -> bool:
     """True for pandas' renamed repeat of a column (``Mass.1`` beside ``Mass``)."""
     head, _, tail = column.rpartition(".")
     return bool(head) and tail.isdigit() and head in columns

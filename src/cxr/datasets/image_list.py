@@ -65,13 +65,13 @@ def read_image_list(path: str | os.PathLike[str]) -> LabelTable:
     nested = [s for s in names if s not in bare]
     index = scan_images(nih_image_folders(folder)) if bare else {}
     default_dir = os.path.join(folder, "images")
-    nested_paths = dict(zip(nested, join_paths(nested, resolve_relative(nested, folder))))
+    nested_paths = dict(
+        zip(nested, join_paths(nested, resolve_relative(nested, folder)), strict=True)
+    )
     paths = [
         (index.get(s) or os.path.join(default_dir, s)) if s in bare else nested_paths[s]
         for s in names
     ]
     patients = [nih_patient(s) or stem(s) for s in names]
-    meta = pd.DataFrame(
-        {"path": paths, "patient_id": patients, "view": "", "split": stem(txt)}
-    )
+    meta = pd.DataFrame({"path": paths, "patient_id": patients, "view": "", "split": stem(txt)})
     return LabelTable(meta, np.zeros((len(names), 0), dtype=np.float32), (), source=txt)

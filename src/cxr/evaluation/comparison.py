@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cxr import RESEARCH_NOTICE, __version__
+from cxr.evaluation.scoring import check_inputs, fmt, json_safe
 from cxr.evaluation.significance import bootstrap_auc_diff_ci, delong_test
-from cxr.evaluation.scoring import check_inputs, json_safe, fmt
 
 __all__ = ["ComparisonReport", "ComparisonRow", "compare"]
 
@@ -62,12 +62,22 @@ class ComparisonReport:
 
     def to_dict(self) -> dict:
         a, b = self.macro()
-        return {"research_notice": RESEARCH_NOTICE, "cxr_version": __version__, "sources": dict(self.sources),
-                "models": list(self.model_names), "n_images": self.n_images,
-                "summary": {"macro_auc_a": json_safe(a), "macro_auc_b": json_safe(b), "macro_diff": json_safe(a - b),
-                            "n_labels": len(self.compared)},
-                "labels": [r.to_dict() for r in self.rows], "settings": dict(self.settings),
-                "notes": list(self.notes)}
+        return {
+            "research_notice": RESEARCH_NOTICE,
+            "cxr_version": __version__,
+            "sources": dict(self.sources),
+            "models": list(self.model_names),
+            "n_images": self.n_images,
+            "summary": {
+                "macro_auc_a": json_safe(a),
+                "macro_auc_b": json_safe(b),
+                "macro_diff": json_safe(a - b),
+                "n_labels": len(self.compared),
+            },
+            "labels": [r.to_dict() for r in self.rows],
+            "settings": dict(self.settings),
+            "notes": list(self.notes),
+        }
 
     def to_markdown(self) -> str:
         a, b = self.model_names
@@ -75,22 +85,45 @@ class ComparisonReport:
         pct = round(100 * (1 - self.settings.get("alpha", 0.05)))
         lines = [f"# cxr comparison: {a} vs {b}", "", f"> **{RESEARCH_NOTICE}**", ""]
         lines += [f"- {k}: {v}" for k, v in self.sources.items()]
-        lines += [(f"- images: {self.n_images}; macro AUC {a} {fmt(ma)}, {b} {fmt(mb)}, difference "
-                  f"{fmt(ma - mb)} over {len(self.compared)} labels"), "",
-                  (f"| label | n | positives | AUC {a} | AUC {b} | difference | {pct}% CI (bootstrap) | DeLong z "
-                  "| p-value |"), "|---" * 9 + "|"]
+        lines += [
+            (
+                f"- images: {self.n_images}; macro AUC {a} {fmt(ma)}, {b} {fmt(mb)}, difference "
+                f"{fmt(ma - mb)} over {len(self.compared)} labels"
+            ),
+            "",
+            (
+                f"| label | n | positives | AUC {a} | AUC {b} | difference "
+                f"| {pct}% CI (bootstrap) | DeLong z | p-value |"
+            ),
+            "|---" * 9 + "|",
+        ]
         for r in self.rows:
-            lines.append(f"| {r.name} | {r.n} | {r.n_positive} | {fmt(r.auc_a)} | {fmt(r.auc_b)} | {fmt(r.diff)} "
-                         f"| {fmt(r.diff_ci_low)} to {fmt(r.diff_ci_high)} | {fmt(r.z, 2)} | {fmt(r.p_value, 4)} |")
+            lines.append(
+                f"| {r.name} | {r.n} | {r.n_positive} | {fmt(r.auc_a)} | {fmt(r.auc_b)} "
+                f"| {fmt(r.diff)} | {fmt(r.diff_ci_low)} to {fmt(r.diff_ci_high)} "
+                f"| {fmt(r.z, 2)} | {fmt(r.p_value, 4)} |"
+            )
         notes = [f"{r.name}: {r.note}" for r in self.rows if r.note] + list(self.notes)
-        lines += ["", "p-values are per label, two-sided, not adjusted for the number of labels compared.", ""]
+        lines += [
+            "",
+            "p-values are per label, two-sided, not adjusted for the number of labels compared.",
+            "",
+        ]
         return "\n".join(lines + [f"- {n}" for n in notes] + [""])
 
 
 def compare(
-    labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, names: Sequence[str],
-    patient_ids: np.ndarray | None = None, n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
-    model_names: tuple[str, str] = ("A", "B"), notes: Sequence[str] = (), sources: Mapping[str, str] | None = None,
+    labels: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    names: Sequence[str],
+    patient_ids: np.ndarray | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    model_names: tuple[str, str] = ("A", "B"),
+    notes: Sequence[str] = (),
+    sources: Mapping[str, str] | None = None,
 ) -> ComparisonReport:
     """Per-label AUC(A) - AUC(B) on the images where the label and both predictions are
     known: DeLong test plus a paired patient-bootstrap CI (``n_bootstrap=0`` skips it).
@@ -106,11 +139,25 @@ def compare(
             row.note = f"not compared: {row.n_positive} positive of {row.n} images, AUC undefined"
         else:
             d = delong_test(y, probs_a[ok, j], probs_b[ok, j])
-            row.auc_a, row.auc_b, row.diff, row.se, row.z, row.p_value = d.auc1, d.auc2, d.diff, d.se, d.z, d.p_value
+            row.auc_a, row.auc_b, row.diff, row.se, row.z, row.p_value = (
+                d.auc1,
+                d.auc2,
+                d.diff,
+                d.se,
+                d.z,
+                d.p_value,
+            )
             if n_bootstrap:
-                ci = bootstrap_auc_diff_ci(y, probs_a[ok, j], probs_b[ok, j], patient_ids[ok], n_bootstrap, seed, alpha)
+                ci = bootstrap_auc_diff_ci(
+                    y, probs_a[ok, j], probs_b[ok, j], patient_ids[ok], n_bootstrap, seed, alpha
+                )
                 row.diff_ci_low, row.diff_ci_high = ci.low, ci.high
         rows.append(row)
-    return ComparisonReport(rows, (str(model_names[0]), str(model_names[1])), len(labels),
-                            {"n_bootstrap": int(n_bootstrap), "seed": int(seed), "alpha": float(alpha)},
-                            extra + list(notes), dict(sources or {}))
+    return ComparisonReport(
+        rows,
+        (str(model_names[0]), str(model_names[1])),
+        len(labels),
+        {"n_bootstrap": int(n_bootstrap), "seed": int(seed), "alpha": float(alpha)},
+        extra + list(notes),
+        dict(sources or {}),
+    )

@@ -73,15 +73,20 @@ def _pair(heatmap: np.ndarray, mask: np.ndarray, where: str) -> tuple[np.ndarray
     heatmap = np.asarray(heatmap, dtype=np.float32)
     mask = np.asarray(mask).astype(bool)
     if heatmap.ndim != 2 or heatmap.shape != mask.shape:
-        raise ValueError(f"{where}: heatmap {heatmap.shape} and mask {mask.shape} must be 2-D and "
-                         "the same shape; map the heatmap to the mask's frame (heatmap_to_image)")
+        raise ValueError(
+            f"{where}: heatmap {heatmap.shape} and mask {mask.shape} must be 2-D and "
+            "the same shape; map the heatmap to the mask's frame (heatmap_to_image)"
+        )
     if not mask.any():
         raise ValueError(f"{where}: the mask is empty (no finding pixel); leave this pair out")
     return heatmap, mask
 
 
-def pointing_game(heatmaps: Sequence[np.ndarray] | np.ndarray,
-                  masks: Sequence[np.ndarray] | np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+def pointing_game(
+    heatmaps: Sequence[np.ndarray] | np.ndarray,
+    masks: Sequence[np.ndarray] | np.ndarray,
+    tolerance: float = 0.0,
+) -> np.ndarray:
     """Hit (True) where the heatmap's peak lies in the mask: bool (N,).
 
     Args:
@@ -97,8 +102,13 @@ def pointing_game(heatmaps: Sequence[np.ndarray] | np.ndarray,
         raise ValueError(f"pointing_game: {len(heatmaps)} heatmaps but {len(masks)} masks")
     if not math.isfinite(float(tolerance)) or tolerance < 0:
         raise ValueError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}")
-    return np.array([peak_distance(h, m, f"pointing_game item {i}") <= tolerance
-                     for i, (h, m) in enumerate(zip(heatmaps, masks))], dtype=bool)
+    return np.array(
+        [
+            peak_distance(h, m, f"pointing_game item {i}") <= tolerance
+            for i, (h, m) in enumerate(zip(heatmaps, masks, strict=True))
+        ],
+        dtype=bool,
+    )
 
 
 def peak_distance(heatmap: np.ndarray, mask: np.ndarray, where: str = "peak_distance") -> float:
@@ -135,8 +145,9 @@ def heatmap_peak(heatmap: np.ndarray) -> tuple[int, int] | None:
     return int(r), int(c)
 
 
-def heatmap_iou(heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.5,
-                quantile: float | None = None) -> float:
+def heatmap_iou(
+    heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.5, quantile: float | None = None
+) -> float:
     """IoU in [0, 1] of ``heatmap >= t`` with ``mask``.
 
     ``t = threshold * max(heatmap)`` (``threshold`` in (0, 1]); with ``quantile`` in
@@ -154,16 +165,18 @@ def heatmap_iou(heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.5,
         t = float(np.quantile(heatmap, float(quantile)))
     else:
         if not 0.0 < float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be a fraction of the maximum in (0, 1], "
-                             f"got {threshold!r}")
+            raise ValueError(
+                f"threshold must be a fraction of the maximum in (0, 1], got {threshold!r}"
+            )
         t = float(threshold) * hi
     region = heatmap >= t
     union = np.logical_or(region, mask).sum()
     return float(np.logical_and(region, mask).sum() / union) if union else 0.0
 
 
-def heatmap_to_image(heatmap: np.ndarray, image_shape: tuple[int, int],
-                     fit: str = "pad") -> np.ndarray:
+def heatmap_to_image(
+    heatmap: np.ndarray, image_shape: tuple[int, int], fit: str = "pad"
+) -> np.ndarray:
     """Map a heatmap on the model's square input grid (S, S) to the original image's frame.
 
     Args:
@@ -201,8 +214,9 @@ def _resize(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return a.astype(np.float32, copy=True)
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
     shrink = shape[0] < a.shape[0] or shape[1] < a.shape[1]
-    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False,
-                         antialias=shrink)[0, 0].numpy()
+    return F.interpolate(
+        t, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrink
+    )[0, 0].numpy()
 
 
 # truth: phantom masks and NIH boxes ---------------------------------------------------------
@@ -219,8 +233,10 @@ def phantom_masks(phantom_dir: _PathLike, image_name: str, label: str) -> np.nda
 
     masks = Path(phantom_dir) / "masks"
     if not masks.is_dir():
-        raise ValueError(f"{phantom_dir} holds no masks/ folder; pass a folder written by "
-                         "`cxr synth` / cxr.synth.generate_phantoms")
+        raise ValueError(
+            f"{phantom_dir} holds no masks/ folder; pass a folder written by "
+            "`cxr synth` / cxr.synth.generate_phantoms"
+        )
     path = masks / f"{Path(str(image_name)).stem}_{canonical_label(label)}.png"
     if not path.is_file():
         return None
@@ -251,17 +267,25 @@ def read_nih_boxes(path: _PathLike) -> pd.DataFrame:
     except (OSError, UnicodeDecodeError, EOFError, csv.Error) as err:
         raise ValueError(f"box file {path} cannot be read as CSV: {err}") from None
     if not rows or rows[0][0].strip().lower() != "image index":
-        raise ValueError(f"box file {path}: the first column must be 'Image Index' (NIH's "
-                         "BBox_List_2017 layout: Image Index, Finding Label, x, y, w, h)")
+        raise ValueError(
+            f"box file {path}: the first column must be 'Image Index' (NIH's "
+            "BBox_List_2017 layout: Image Index, Finding Label, x, y, w, h)"
+        )
     short = [i for i, row in enumerate(rows[1:]) if len(row) < 6]
     if short:
-        raise ValueError(f"box file {path}, line {short[0] + 2}: fewer than 6 fields "
-                         "(Image Index, Finding Label, x, y, w, h)")
+        raise ValueError(
+            f"box file {path}, line {short[0] + 2}: fewer than 6 fields "
+            "(Image Index, Finding Label, x, y, w, h)"
+        )
     raw = pd.DataFrame([[c.strip() for c in row[:6]] for row in rows], dtype=str)
     body = raw.iloc[1:, :6].copy()
     body.columns = list(BOX_COLUMNS)
-    out = pd.DataFrame({"image": body["image"].str.strip(),
-                        "label": [canonical_label(v) if v.strip() else "" for v in body["label"]]})
+    out = pd.DataFrame(
+        {
+            "image": body["image"].str.strip(),
+            "label": [canonical_label(v) if v.strip() else "" for v in body["label"]],
+        }
+    )
     for col in ("x", "y", "w", "h"):
         values = pd.to_numeric(body[col].str.strip(), errors="coerce")
         bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype=float))
@@ -269,9 +293,11 @@ def read_nih_boxes(path: _PathLike) -> pd.DataFrame:
             bad |= values.to_numpy(dtype=float) <= 0
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"box file {path}, line {row + 2}: column {col} holds "
-                             f"{body[col].iloc[row]!r}, not a {'positive ' if col in 'wh' else ''}"
-                             "number")
+            raise ValueError(
+                f"box file {path}, line {row + 2}: column {col} holds "
+                f"{body[col].iloc[row]!r}, not a {'positive ' if col in 'wh' else ''}"
+                "number"
+            )
         out[col] = values.to_numpy(dtype=np.float64)
     if (out["image"] == "").any() or (out["label"] == "").any():
         row = int(np.flatnonzero(((out["image"] == "") | (out["label"] == "")).to_numpy())[0])
@@ -279,8 +305,11 @@ def read_nih_boxes(path: _PathLike) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def box_mask(box: Sequence[float] | pd.Series, image_size: int | tuple[int, int],
-             original: int | tuple[int, int] = NIH_FRAME) -> np.ndarray:
+def box_mask(
+    box: Sequence[float] | pd.Series,
+    image_size: int | tuple[int, int],
+    original: int | tuple[int, int] = NIH_FRAME,
+) -> np.ndarray:
     """bool (H, W) mask of a box ``(x, y, w, h)`` given in an ``original`` frame (side, or
     (H0, W0); NIH: 1024), rescaled to an image of ``image_size`` (side, or (H, W)).
 
@@ -329,27 +358,40 @@ class LocalizationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN and infinite values (no pairs, no peak) become None."""
+
         def clean(v: Any) -> Any:
             return None if isinstance(v, float) and not math.isfinite(v) else v
 
-        return {"notice": RESEARCH_NOTICE, "settings": dict(self.settings),
-                "per_label": {k: {m: clean(v) for m, v in d.items()}
-                              for k, d in self.per_label.items()},
-                "records": [{k: clean(v) for k, v in r.items()} for r in self.records],
-                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+        return {
+            "notice": RESEARCH_NOTICE,
+            "settings": dict(self.settings),
+            "per_label": {
+                k: {m: clean(v) for m, v in d.items()} for k, d in self.per_label.items()
+            },
+            "records": [{k: clean(v) for k, v in r.items()} for r in self.records],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
 
     def to_text(self) -> str:
         s = self.settings
         tol = float(s.get("tolerance") or 0.0)
-        iou = (f"IoU at the {s.get('quantile')} quantile" if s.get("quantile") is not None
-               else f"IoU at {s.get('threshold', 0.5):g} x max")
+        iou = (
+            f"IoU at the {s.get('quantile')} quantile"
+            if s.get("quantile") is not None
+            else f"IoU at {s.get('threshold', 0.5):g} x max"
+        )
         head = f"{'label':<16}{'n':>5}{'pointing game':>15}"
         head += f"{f'within {tol:.1f} px':>17}" if tol > 0 else ""
-        lines = [(f"Localisation ({s.get('method', '?')}) on {s.get('source_kind', '?')} "
-                  f"{s.get('source', '')}: pointing game (peak inside the finding), median "
-                  f"peak-to-finding distance (pixels of the image) and {iou}"),
-                 head + f"{'median dist':>13}{'mean IoU':>10}"]
+        lines = [
+            (
+                f"Localisation ({s.get('method', '?')}) on {s.get('source_kind', '?')} "
+                f"{s.get('source', '')}: pointing game (peak inside the finding), median "
+                f"peak-to-finding distance (pixels of the image) and {iou}"
+            ),
+            head + f"{'median dist':>13}{'mean IoU':>10}",
+        ]
         for label, d in self.per_label.items():
+
             def num(key: str, fmt: str = ".3f", d: dict = d) -> str:
                 return "-" if d["n"] == 0 else format(d[key], fmt)
 
@@ -376,8 +418,12 @@ class LocalizationReport:
 def find_nih_boxes(source: Path) -> Path | None:
     """NIH's ``BBox_List_2017.csv(.gz)`` in ``source``, its parent or their
     ``nih14-metadata`` folders; None when there is none."""
-    for folder in (source, source.parent, source / "nih14-metadata",
-                   source.parent / "nih14-metadata"):
+    for folder in (
+        source,
+        source.parent,
+        source / "nih14-metadata",
+        source.parent / "nih14-metadata",
+    ):
         for name in _BOX_FILES:
             if (folder / name).is_file():
                 return folder / name
@@ -392,7 +438,7 @@ def _phantom_items(source: Path, labels: Sequence[str]) -> list[tuple[Path, str,
     for j, label in enumerate(table.pathologies):
         if label not in labels:
             continue
-        for path, value in zip(table.paths, table.labels[:, j]):
+        for path, value in zip(table.paths, table.labels[:, j], strict=True):
             if value == 1:
                 mask = phantom_masks(source, path, label)
                 if mask is not None and mask.any():
@@ -400,7 +446,9 @@ def _phantom_items(source: Path, labels: Sequence[str]) -> list[tuple[Path, str,
     return items
 
 
-def _nih_items(source: Path, boxes_path: Path, labels: Sequence[str]) -> list[tuple[Path, str, np.ndarray]]:
+def _nih_items(
+    source: Path, boxes_path: Path, labels: Sequence[str]
+) -> list[tuple[Path, str, np.ndarray]]:
     from PIL import Image
 
     boxes = read_nih_boxes(boxes_path)
@@ -411,22 +459,34 @@ def _nih_items(source: Path, boxes_path: Path, labels: Sequence[str]) -> list[tu
             if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in found:
                 found[p.name] = p
     grouped: dict[tuple[str, str], np.ndarray] = {}
-    for row in boxes.itertuples(index=False):
-        if row.label not in labels or row.image not in found:
+    images: list[str] = boxes["image"].tolist()
+    box_labels: list[str] = boxes["label"].tolist()
+    xywh: list[list[float]] = boxes[["x", "y", "w", "h"]].to_numpy(dtype=np.float64).tolist()
+    for image, label, box in zip(images, box_labels, xywh, strict=True):
+        if label not in labels or image not in found:
             continue
-        with Image.open(found[row.image]) as img:
+        with Image.open(found[image]) as img:
             w, h = img.size
-        m = box_mask((row.x, row.y, row.w, row.h), (h, w), NIH_FRAME)
-        key = (row.image, row.label)
+        m = box_mask(box, (h, w), NIH_FRAME)
+        key = (image, label)
         grouped[key] = grouped[key] | m if key in grouped else m
     return [(found[img], label, m) for (img, label), m in grouped.items() if m.any()]
 
 
-def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str] | None = None,
-                        method: str = "gradcam", boxes: _PathLike | None = None, *,
-                        threshold: float = 0.5, quantile: float | None = None,
-                        tolerance: float = 0.0, batch_size: int = 16, device: str = "cpu",
-                        progress: bool = False) -> LocalizationReport:
+def localization_report(
+    model_file: Any,
+    source: _PathLike,
+    labels: Sequence[str] | None = None,
+    method: str = "gradcam",
+    boxes: _PathLike | None = None,
+    *,
+    threshold: float = 0.5,
+    quantile: float | None = None,
+    tolerance: float = 0.0,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: bool = False,
+) -> LocalizationReport:
     """Pointing game and IoU of a model's heatmaps against known finding locations.
 
     Args:
@@ -463,24 +523,30 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
     model, spec, fit = backend.model, backend.spec, backend.spec.fit
     source = Path(source)
     if not source.is_dir():
-        raise ValueError(f"source {source} is not a folder; pass a phantom folder (cxr synth) or "
-                         "a folder of NIH images")
+        raise ValueError(
+            f"source {source} is not a folder; pass a phantom folder (cxr synth) or "
+            "a folder of NIH images"
+        )
     if labels is None:
         wanted = list(spec.labels)
     else:
         wanted = [canonical_label(n) for n in labels]
         unknown = [n for n in wanted if n not in spec.labels]
         if unknown:
-            raise ValueError(f"labels {unknown} are not labels of the model {backend.path}; it has "
-                             f"{list(spec.labels)}")
+            raise ValueError(
+                f"labels {unknown} are not labels of the model {backend.path}; it has "
+                f"{list(spec.labels)}"
+            )
     if (source / "labels.csv").is_file() and (source / "masks").is_dir():
         kind, items = "phantoms", _phantom_items(source, wanted)
         truth = str(source / "masks")
     else:
         box_file = Path(boxes) if boxes is not None else find_nih_boxes(source)
         if box_file is None:
-            raise ValueError(f"{source} is not a phantom folder (no labels.csv + masks/) and no "
-                             "BBox_List_2017.csv.gz was found near it; pass --boxes/boxes=")
+            raise ValueError(
+                f"{source} is not a phantom folder (no labels.csv + masks/) and no "
+                "BBox_List_2017.csv.gz was found near it; pass --boxes/boxes="
+            )
         kind, items = "NIH boxes", _nih_items(source, box_file, wanted)
         truth = str(box_file)
     if labels is None:
@@ -496,6 +562,7 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
     try:
         for start in range(0, len(items), batch_size):
             chunk = []
+            pixels: list[np.ndarray] = []  # the chunk's loaded images
             for path, label, mask in items[start : start + batch_size]:
                 if path not in pixels_cache:
                     try:
@@ -503,22 +570,28 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
                     except ImageReadError as err:
                         pixels_cache[path] = None
                         skipped.append((str(path), f"{err.reason}: {err.detail}"))
-                if pixels_cache[path] is not None:
+                cached = pixels_cache[path]
+                if cached is not None:
                     chunk.append((path, label, mask))
+                    pixels.append(cached)
             bar.update(min(batch_size, len(items) - start))
             if not chunk:
                 continue
-            x = to_model_input(torch.from_numpy(np.stack([pixels_cache[p] for p, _, _ in chunk])),
-                               backend.device)
-            maps = grad_cam_maps(model, x,
-                                 [index[lab] for _, lab, _ in chunk], method)
+            x = to_model_input(torch.from_numpy(np.stack(pixels)), backend.device)
+            maps = grad_cam_maps(model, x, [index[lab] for _, lab, _ in chunk], method)
             for k, (path, label, mask) in enumerate(chunk):
                 heat = heatmap_to_image(maps.heatmaps[k], mask.shape, fit)
                 distance = peak_distance(heat, mask)
-                records.append({"image": path.name, "label": label,
-                                "probability": float(maps.probabilities[k]),
-                                "hit": distance == 0.0, "distance": distance,
-                                "iou": heatmap_iou(heat, mask, threshold, quantile)})
+                records.append(
+                    {
+                        "image": path.name,
+                        "label": label,
+                        "probability": float(maps.probabilities[k]),
+                        "hit": distance == 0.0,
+                        "distance": distance,
+                        "iou": heatmap_iou(heat, mask, threshold, quantile),
+                    }
+                )
     finally:
         bar.close()
     per_label: dict[str, dict[str, float]] = {}
@@ -529,14 +602,23 @@ def localization_report(model_file: Any, source: _PathLike, labels: Sequence[str
         hits = sum(r["hit"] for r in rows)
         d = {"n": n, "hits": hits, "pointing_game": hits / n if n else nan}
         if tolerance > 0:
-            d["pointing_game_tolerant"] = (sum(r["distance"] <= tolerance for r in rows) / n
-                                           if n else nan)
+            d["pointing_game_tolerant"] = (
+                sum(r["distance"] <= tolerance for r in rows) / n if n else nan
+            )
         d["median_distance"] = float(np.median([r["distance"] for r in rows])) if n else nan
         d["mean_iou"] = float(np.mean([r["iou"] for r in rows])) if n else nan
         per_label[label] = d
-    settings = {"model": str(backend.path), "backbone": spec.backbone,
-                "input_size": spec.input_size, "fit": fit, "method": method,
-                "threshold": threshold, "quantile": quantile, "tolerance": tolerance,
-                "source_kind": kind,
-                "source": str(source), "truth": truth}
+    settings = {
+        "model": str(backend.path),
+        "backbone": spec.backbone,
+        "input_size": spec.input_size,
+        "fit": fit,
+        "method": method,
+        "threshold": threshold,
+        "quantile": quantile,
+        "tolerance": tolerance,
+        "source_kind": kind,
+        "source": str(source),
+        "truth": truth,
+    }
     return LocalizationReport(per_label, records, settings, skipped)

@@ -25,7 +25,9 @@ import numpy as np
 
 
 # validation ------------------------------------------------------------------------------
-def check_binary(y: np.ndarray, p: np.ndarray, need_both: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def check_binary(
+    y: np.ndarray, p: np.ndarray, need_both: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """``y`` as bool (N,) and ``p`` as float64 (N,), after checking shapes and values.
 
     Raises:
@@ -47,7 +49,9 @@ def check_binary(y: np.ndarray, p: np.ndarray, need_both: bool = False) -> tuple
             raise ValueError(f"y must hold only 0 and 1, found {np.unique(yf)[:5].tolist()}")
         y = yf == 1.0
     if not np.isfinite(p).all():
-        raise ValueError(f"p holds {int((~np.isfinite(p)).sum())} NaN/inf scores; every image needs a score")
+        raise ValueError(
+            f"p holds {int((~np.isfinite(p)).sum())} NaN/inf scores; every image needs a score"
+        )
     if need_both and (y.all() or not y.any()):
         kind = "positive" if not y.any() else "negative"
         raise ValueError(f"no {kind} images among {len(y)}: AUC and ROC curves need both classes")
@@ -99,7 +103,9 @@ def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]], np.r_[np.inf, thr]
 
 
-def precision_recall_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def precision_recall_curve(
+    y: np.ndarray, p: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision-recall curve (scikit-learn's layout).
 
     Returns:
@@ -163,7 +169,11 @@ def confusion_at(y: np.ndarray, p: np.ndarray, threshold: float) -> OperatingPoi
     fn = int((~called & y).sum())
     tn = int((~called & ~y).sum())
     return OperatingPoint(
-        float(threshold), tp, fp, tn, fn,
+        float(threshold),
+        tp,
+        fp,
+        tn,
+        fn,
         sensitivity=_ratio(tp, tp + fn),
         specificity=_ratio(tn, tn + fp),
         ppv=_ratio(tp, tp + fp),
@@ -209,8 +219,13 @@ class ReliabilityBins:
     fraction_positive: np.ndarray
 
     def to_dict(self) -> dict[str, list]:
-        return {k: [None if isinstance(v, float) and math.isnan(v) else v for v in getattr(self, k).tolist()]
-                for k in ("edges", "count", "mean_predicted", "fraction_positive")}
+        return {
+            k: [
+                None if isinstance(v, float) and math.isnan(v) else v
+                for v in getattr(self, k).tolist()
+            ]
+            for k in ("edges", "count", "mean_predicted", "fraction_positive")
+        }
 
 
 def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> ReliabilityBins:
@@ -220,7 +235,9 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> Reliabil
     if not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     if len(p) and (p.min() < 0.0 or p.max() > 1.0):
-        raise ValueError(f"calibration needs probabilities in [0, 1]; scores span [{p.min():g}, {p.max():g}]")
+        raise ValueError(
+            f"calibration needs probabilities in [0, 1]; scores span [{p.min():g}, {p.max():g}]"
+        )
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     ids = np.searchsorted(edges[1:-1], p)
     count = np.bincount(ids, minlength=n_bins)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from cxr.evaluation.predictions import Predictions, align, read_predictions, write_predictions
 from cxr.evaluation.scoring import EvaluationReport, evaluate
 from cxr.evaluation.thresholds import Thresholds, choose_thresholds
@@ -85,9 +87,14 @@ class Evaluation:
         out = Path(out_dir)
         written = write_report(self.report, out)
         if self.predictions is not None:
-            written["predictions"] = Path(write_predictions(
-                out / "predictions.csv", self.predictions.images, self.predictions.probs,
-                self.predictions.pathologies))
+            written["predictions"] = Path(
+                write_predictions(
+                    out / "predictions.csv",
+                    list(self.predictions.images),
+                    self.predictions.probs,
+                    self.predictions.pathologies,
+                )
+            )
         if self.thresholds is not None:
             written["thresholds"] = self.thresholds.save(out / "thresholds.json")
         self.written = written
@@ -106,7 +113,7 @@ def load_labels(source: _PathLike, format: str | None = None) -> LabelTable:
     if is_cache(source, format):
         from cxr.cache import PreparedCache
 
-        return PreparedCache(source).table
+        return PreparedCache(Path(source)).table
     from cxr.datasets import load_dataset
 
     return load_dataset(source, format=format)
@@ -120,21 +127,30 @@ def default_source(predictions: _PathLike) -> Path:
     folder = Path(predictions).absolute().parent  # as the user named it (links kept)
     if (folder / "manifest.json").is_file():
         return folder
-    hint = (f"pass the dataset with the true labels as SOURCE (no SOURCE given; {predictions}'s "
-            f"folder {folder}")
+    hint = (
+        f"pass the dataset with the true labels as SOURCE (no SOURCE given; {predictions}'s "
+        f"folder {folder}"
+    )
     try:
         fmt = detect_format(folder)
     except DatasetError as err:
         raise EvaluationError(f"{hint} holds no dataset: {err})") from None
     if fmt == "csv":
-        raise EvaluationError(f"{hint} holds no NIH/CheXpert label file, only CSVs that may be "
-                              "predictions)")
+        raise EvaluationError(
+            f"{hint} holds no NIH/CheXpert label file, only CSVs that may be predictions)"
+        )
     return folder
 
 
-def predict_source(predictor: Predictor, source: _PathLike, table: LabelTable, *,
-                   format: str | None = None, allow_missing: bool = False,
-                   progress: bool = False) -> Predictions:
+def predict_source(
+    predictor: Predictor,
+    source: _PathLike,
+    table: LabelTable,
+    *,
+    format: str | None = None,
+    allow_missing: bool = False,
+    progress: bool = False,
+) -> Predictions:
     """Run ``predictor`` on every image of ``source`` (a cache, or the table's image files)."""
     notes: tuple[str, ...] = ()
     if is_cache(source, format):
@@ -143,19 +159,32 @@ def predict_source(predictor: Predictor, source: _PathLike, table: LabelTable, *
         probs, failed = predictor.predict_paths(table.paths, progress=progress)
         if failed:
             i, (reason, detail) = next(iter(failed.items()))
-            notes = (f"{len(failed)} image(s) could not be read and have no predictions "
-                     f"(e.g. {table.paths[i]}: {reason}: {detail})",)
+            notes = (
+                f"{len(failed)} image(s) could not be read and have no predictions "
+                f"(e.g. {table.paths[i]}: {reason}: {detail})",
+            )
             if not allow_missing:
-                raise EvaluationError(f"{notes[0]}; fix or remove them, or pass --allow-missing "
-                                      "to evaluate the others")
-    return Predictions(images=table.paths, probs=probs, pathologies=predictor.labels,
-                       source=f"model {predictor.path}", notes=notes)
+                raise EvaluationError(
+                    f"{notes[0]}; fix or remove them, or pass --allow-missing "
+                    "to evaluate the others"
+                )
+    return Predictions(
+        images=np.asarray(table.paths),
+        probs=probs,
+        pathologies=predictor.labels,
+        source=f"model {predictor.path}",
+        notes=notes,
+    )
 
 
-def _validation_thresholds(validation: ValidationPredictions | Thresholds | _PathLike | None,
-                           test_images: set[str], labels: list[str] | None,
-                           allow_missing: bool, allow_duplicates: bool,
-                           test_predictions: Path | None) -> Thresholds | None:
+def _validation_thresholds(
+    validation: ValidationPredictions | Thresholds | _PathLike | None,
+    test_images: set[str],
+    labels: list[str] | None,
+    allow_missing: bool,
+    allow_duplicates: bool,
+    test_predictions: Path | None,
+) -> Thresholds | None:
     if validation is None or isinstance(validation, Thresholds):
         return validation
     if not isinstance(validation, ValidationPredictions):
@@ -165,44 +194,87 @@ def _validation_thresholds(validation: ValidationPredictions | Thresholds | _Pat
         validation = ValidationPredictions(path)
     path = validation.predictions
     if test_predictions is not None and path.resolve() == test_predictions.resolve():
-        raise EvaluationError(f"--thresholds-from {path} is the test predictions file; thresholds "
-                              "must be chosen on validation data, not on the test set")
+        raise EvaluationError(
+            f"--thresholds-from {path} is the test predictions file; thresholds "
+            "must be chosen on validation data, not on the test set"
+        )
     val_source = validation.source or default_source(path)
-    val = align(load_labels(val_source, validation.format),
-                read_predictions(path, labels, validation.image_column),
-                labels, allow_missing, allow_duplicates)
+    val = align(
+        load_labels(val_source, validation.format),
+        read_predictions(path, labels, validation.image_column),
+        labels,
+        allow_missing,
+        allow_duplicates,
+    )
     shared = test_images & set(val.report.images)
     if shared:
-        raise EvaluationError(f"{len(shared)} image(s) are in both the validation data "
-                              f"({val_source}) and the test data (e.g. {min(shared)}); choose "
-                              "thresholds on separate images")
-    return choose_thresholds(val.labels, val.probs, val.report.pathologies, validation.method,
-                             validation.target_sensitivity, source=f"{path} (labels: {val_source})")
+        raise EvaluationError(
+            f"{len(shared)} image(s) are in both the validation data "
+            f"({val_source}) and the test data (e.g. {min(shared)}); choose "
+            "thresholds on separate images"
+        )
+    return choose_thresholds(
+        val.labels,
+        val.probs,
+        val.report.pathologies,
+        validation.method,
+        validation.target_sensitivity,
+        source=f"{path} (labels: {val_source})",
+    )
 
 
-def _score(table: LabelTable, preds: Predictions, source: _PathLike, predictions_name: str,
-           validation: Any, fallback: Thresholds | None, options: dict[str, Any],
-           test_predictions: Path | None) -> tuple[EvaluationReport, Thresholds | None]:
+def _score(
+    table: LabelTable,
+    preds: Predictions,
+    source: _PathLike,
+    predictions_name: str,
+    validation: Any,
+    fallback: Thresholds | None,
+    options: dict[str, Any],
+    test_predictions: Path | None,
+) -> tuple[EvaluationReport, Thresholds | None]:
     labels = options.pop("labels", None)
     allow_missing = options.pop("allow_missing", False)
     allow_duplicates = options.pop("allow_duplicates", False)
     aligned = align(table, preds, labels, allow_missing, allow_duplicates)
-    thresholds = _validation_thresholds(validation, set(aligned.report.images), labels,
-                                        allow_missing, allow_duplicates, test_predictions)
+    thresholds = _validation_thresholds(
+        validation,
+        set(aligned.report.images),
+        labels,
+        allow_missing,
+        allow_duplicates,
+        test_predictions,
+    )
     if thresholds is None:
         thresholds = fallback
-    report = evaluate(aligned.labels, aligned.probs, aligned.report.pathologies,
-                      aligned.patient_ids, thresholds=thresholds, notes=aligned.report.notes,
-                      sources={"labels": str(source), "predictions": predictions_name}, **options)
+    report = evaluate(
+        aligned.labels,
+        aligned.probs,
+        aligned.report.pathologies,
+        aligned.patient_ids,
+        thresholds=thresholds,
+        notes=aligned.report.notes,
+        sources={"labels": str(source), "predictions": predictions_name},
+        **options,
+    )
     return report, thresholds
 
 
-def evaluate_model(model: Any, source: _PathLike, *,
-                   validation: ValidationPredictions | Thresholds | _PathLike | None = None,
-                   format: str | None = None, labels: list[str] | None = None,
-                   device: str = "cpu", batch_size: int = 64, n_bootstrap: int = 1000,
-                   seed: int = 0, allow_missing: bool = False, allow_duplicates: bool = False,
-                   progress: bool = False) -> Evaluation:
+def evaluate_model(
+    model: Any,
+    source: _PathLike,
+    *,
+    validation: ValidationPredictions | Thresholds | _PathLike | None = None,
+    format: str | None = None,
+    labels: list[str] | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    allow_missing: bool = False,
+    allow_duplicates: bool = False,
+    progress: bool = False,
+) -> Evaluation:
     """Run a model on ``source`` and evaluate it against the source's labels.
 
     Args:
@@ -219,32 +291,62 @@ def evaluate_model(model: Any, source: _PathLike, *,
     """
     from cxr.inference import Predictor
 
-    predictor = model if isinstance(model, Predictor) else Predictor(model, device=device,
-                                                                     batch_size=batch_size)
+    predictor = (
+        model
+        if isinstance(model, Predictor)
+        else Predictor(model, device=device, batch_size=batch_size)
+    )
     table = load_labels(source, format)
-    preds = predict_source(predictor, source, table, format=format, allow_missing=allow_missing,
-                           progress=progress)
-    options = {"labels": labels, "allow_missing": allow_missing,
-               "allow_duplicates": allow_duplicates, "n_bootstrap": n_bootstrap, "seed": seed}
-    report, thresholds = _score(table, preds, source, f"model {predictor.path}", validation,
-                                predictor.stored_thresholds(), options, None)
+    preds = predict_source(
+        predictor, source, table, format=format, allow_missing=allow_missing, progress=progress
+    )
+    options = {
+        "labels": labels,
+        "allow_missing": allow_missing,
+        "allow_duplicates": allow_duplicates,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+    }
+    report, thresholds = _score(
+        table,
+        preds,
+        source,
+        f"model {predictor.path}",
+        validation,
+        predictor.stored_thresholds(),
+        options,
+        None,
+    )
     return Evaluation(report, thresholds, preds)
 
 
-def evaluate_predictions(predictions: _PathLike, source: _PathLike | None = None, *,
-                         validation: ValidationPredictions | Thresholds | _PathLike | None = None,
-                         format: str | None = None, labels: list[str] | None = None,
-                         image_column: str | None = None, n_bootstrap: int = 1000, seed: int = 0,
-                         allow_missing: bool = False,
-                         allow_duplicates: bool = False) -> Evaluation:
+def evaluate_predictions(
+    predictions: _PathLike,
+    source: _PathLike | None = None,
+    *,
+    validation: ValidationPredictions | Thresholds | _PathLike | None = None,
+    format: str | None = None,
+    labels: list[str] | None = None,
+    image_column: str | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    allow_missing: bool = False,
+    allow_duplicates: bool = False,
+) -> Evaluation:
     """Evaluate a predictions CSV (an image column and one ``prob_<Label>`` column per label)
     against ``source``'s labels (default: the CSV's folder when it holds a dataset).
     ``validation`` as in :func:`evaluate_model`; without it no operating points are reported."""
     path = Path(predictions)
     preds = read_predictions(path, labels, image_column)
     source = Path(source) if source is not None else default_source(path)
-    options = {"labels": labels, "allow_missing": allow_missing,
-               "allow_duplicates": allow_duplicates, "n_bootstrap": n_bootstrap, "seed": seed}
-    report, thresholds = _score(load_labels(source, format), preds, source, str(path),
-                                validation, None, options, path)
+    options = {
+        "labels": labels,
+        "allow_missing": allow_missing,
+        "allow_duplicates": allow_duplicates,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+    }
+    report, thresholds = _score(
+        load_labels(source, format), preds, source, str(path), validation, None, options, path
+    )
     return Evaluation(report, thresholds)

@@ -13,18 +13,19 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxr import RESEARCH_NOTICE
 from cxr.evaluation.comparison import ComparisonRow
-from cxr.evaluation.scoring import LabelCurves
 from cxr.evaluation.metrics import ReliabilityBins
+from cxr.evaluation.scoring import LabelCurves
 
 DPI = 110
 
 
-def _figure(width: float = 6.4, height: float = 5.6) -> tuple[Figure, object]:
+def _figure(width: float = 6.4, height: float = 5.6) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -49,11 +50,16 @@ def _colors(n: int) -> list:
 def roc_all_png(curves: Mapping[str, LabelCurves], title: str = "ROC curves") -> bytes:
     """All labels' ROC curves on one figure (legend: label and AUC)."""
     fig, ax = _figure(7.5, 6.0)
-    for (name, c), color in zip(curves.items(), _colors(len(curves))):
+    for (name, c), color in zip(curves.items(), _colors(len(curves)), strict=True):
         ax.plot(c.fpr, c.tpr, color=color, lw=1.4, label=f"{name} ({c.auc:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
-           ylabel="sensitivity (true positive rate)", title=title)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+        title=title,
+    )
     ax.legend(loc="lower right", fontsize=7, title="label (AUC)", title_fontsize=7)
     return _png(fig)
 
@@ -65,10 +71,23 @@ def roc_png(name: str, curve: LabelCurves) -> bytes:
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
     op = curve.operating
     if op is not None and np.isfinite(op.sensitivity) and np.isfinite(op.specificity):
-        ax.plot([1 - op.specificity], [op.sensitivity], "o", color="C3",
-                label=f"threshold {op.threshold:.3g}: sens {op.sensitivity:.2f}, spec {op.specificity:.2f}")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity",
-           title=f"ROC: {name} (prevalence {curve.prevalence:.3f})")
+        ax.plot(
+            [1 - op.specificity],
+            [op.sensitivity],
+            "o",
+            color="C3",
+            label=(
+                f"threshold {op.threshold:.3g}: sens {op.sensitivity:.2f}, "
+                f"spec {op.specificity:.2f}"
+            ),
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="1 - specificity",
+        ylabel="sensitivity",
+        title=f"ROC: {name} (prevalence {curve.prevalence:.3f})",
+    )
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
@@ -76,15 +95,29 @@ def roc_png(name: str, curve: LabelCurves) -> bytes:
 def pr_all_png(curves: Mapping[str, LabelCurves], title: str = "Precision-recall curves") -> bytes:
     """All labels' precision-recall curves (step-wise, as average precision counts them)."""
     fig, ax = _figure(7.5, 6.0)
-    for (name, c), color in zip(curves.items(), _colors(len(curves))):
-        ax.step(c.recall, c.precision, where="post", color=color, lw=1.2,
-                label=f"{name} (AP {c.average_precision:.3f}, prev. {c.prevalence:.2f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title)
+    for (name, c), color in zip(curves.items(), _colors(len(curves)), strict=True):
+        ax.step(
+            c.recall,
+            c.precision,
+            where="post",
+            color=color,
+            lw=1.2,
+            label=f"{name} (AP {c.average_precision:.3f}, prev. {c.prevalence:.2f})",
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="recall (sensitivity)",
+        ylabel="precision (PPV)",
+        title=title,
+    )
     ax.legend(loc="upper right", fontsize=6.5)
     return _png(fig)
 
 
-def reliability_png(bins: ReliabilityBins, ece: float, title: str = "Reliability (all labels pooled)") -> bytes:
+def reliability_png(
+    bins: ReliabilityBins, ece: float, title: str = "Reliability (all labels pooled)"
+) -> bytes:
     """Observed fraction of positives against mean predicted probability per bin, with
     the bin counts below."""
     fig = Figure(figsize=(5.6, 6.2), dpi=DPI)
@@ -92,12 +125,25 @@ def reliability_png(bins: ReliabilityBins, ece: float, title: str = "Reliability
     ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     full = bins.count > 0
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8, label="perfect calibration")
-    ax.plot(bins.mean_predicted[full], bins.fraction_positive[full], "o-", color="C0",
-            label=f"model (ECE {ece:.3f})")
+    ax.plot(
+        bins.mean_predicted[full],
+        bins.fraction_positive[full],
+        "o-",
+        color="C0",
+        label=f"model (ECE {ece:.3f})",
+    )
     ax.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="observed fraction positive", title=title)
     ax.legend(loc="upper left", fontsize=8)
     width = np.diff(bins.edges)
-    ax_n.bar(bins.edges[:-1], bins.count, width=width, align="edge", color="C0", alpha=0.6, edgecolor="white")
+    ax_n.bar(
+        bins.edges[:-1],
+        bins.count,
+        width=width,
+        align="edge",
+        color="C0",
+        alpha=0.6,
+        edgecolor="white",
+    )
     ax_n.set(xlabel="predicted probability", ylabel="count")
     ax_n.set_yscale("symlog")
     return _png(fig)
@@ -112,8 +158,14 @@ def auc_diff_png(rows: Sequence[ComparisonRow], names: tuple[str, str]) -> bytes
     low = np.array([r.diff_ci_low for r in rows])
     high = np.array([r.diff_ci_high for r in rows])
     has_ci = np.isfinite(low) & np.isfinite(high)
-    ax.errorbar(diffs[has_ci], ypos[has_ci], xerr=[diffs[has_ci] - low[has_ci], high[has_ci] - diffs[has_ci]],
-                fmt="o", color="C0", capsize=3)
+    ax.errorbar(
+        diffs[has_ci],
+        ypos[has_ci],
+        xerr=[diffs[has_ci] - low[has_ci], high[has_ci] - diffs[has_ci]],
+        fmt="o",
+        color="C0",
+        capsize=3,
+    )
     ax.plot(diffs[~has_ci], ypos[~has_ci], "o", color="C0")
     ax.axvline(0, color="0.5", lw=0.8, ls="--")
     ax.set_yticks(ypos, [f"{r.name} (p={r.p_value:.3g})" for r in rows], fontsize=8)

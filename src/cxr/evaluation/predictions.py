@@ -35,7 +35,15 @@ from cxr.table import LabelTable
 
 #: Image-column names tried in this order (compared by :func:`column_key`).
 IMAGE_COLUMN_KEYS: tuple[str, ...] = (
-    "imageindex", "image", "imageid", "imagepath", "imagename", "path", "filename", "file", "dicomid",
+    "imageindex",
+    "image",
+    "imageid",
+    "imagepath",
+    "imagename",
+    "path",
+    "filename",
+    "file",
+    "dicomid",
 )
 #: Prefixes marking a probability column (compared in lower case).
 PROB_PREFIXES: tuple[str, ...] = ("probability_", "prob_", "pred_", "score_", "p_")
@@ -99,12 +107,14 @@ def _strip_prefix(name: str) -> str | None:
     lower = name.lower()
     for prefix in PROB_PREFIXES:
         if lower.startswith(prefix) and len(name) > len(prefix):
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return None
 
 
 def read_predictions(
-    path: str | os.PathLike[str], labels: Sequence[str] | None = None, image_column: str | None = None
+    path: str | os.PathLike[str],
+    labels: Sequence[str] | None = None,
+    image_column: str | None = None,
 ) -> Predictions:
     """Read a predictions CSV (see the module docstring for the layout).
 
@@ -127,7 +137,9 @@ def read_predictions(
     if any(v is not None for v in prefixed.values()):
         chosen = {c: v for c, v in prefixed.items() if v is not None}
     else:
-        known = set(NIH14_LABELS) | set(CHEXPERT14_LABELS) | {canonical_label(n) for n in labels or ()}
+        known = (
+            set(NIH14_LABELS) | set(CHEXPERT14_LABELS) | {canonical_label(n) for n in labels or ()}
+        )
         chosen = {c: c for c in others if c.strip() and canonical_label(c) in known}
     ignored = [c for c in others if c not in chosen]
     if ignored:
@@ -143,17 +155,22 @@ def read_predictions(
         wanted = [canonical_label(n) for n in labels]
         absent = [n for n in wanted if n not in names]
         if absent:
-            raise PredictionError(f"{path}: no probability column for {absent}; it has {list(names)}")
+            raise PredictionError(
+                f"{path}: no probability column for {absent}; it has {list(names)}"
+            )
         columns = [columns[names.index(n)] for n in wanted]
         names = tuple(wanted)
     probs = np.empty((len(frame), len(columns)), dtype=np.float64)
     for j, col in enumerate(columns):
-        values = pd.to_numeric(frame[col].str.strip().replace({"": "nan", "NA": "nan"}), errors="coerce")
+        values = pd.to_numeric(
+            frame[col].str.strip().replace({"": "nan", "NA": "nan"}), errors="coerce"
+        )
         bad = values.isna() & ~frame[col].str.strip().str.lower().isin(["", "na", "nan"])
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise PredictionError(
-                f"{path}, line {line_of(row)}, column {col!r}: {frame[col].iloc[row]!r} is not a number"
+                f"{path}, line {line_of(row)}, column {col!r}: {frame[col].iloc[row]!r} "
+                "is not a number"
             )
         probs[:, j] = values.to_numpy(dtype=np.float64)
     images = frame[img_col].str.strip()
@@ -172,7 +189,9 @@ def write_predictions(
     images = [str(i) for i in images]
     names = canonical_labels(names)
     if probs.shape != (len(images), len(names)):
-        raise PredictionError(f"probs have shape {probs.shape}, expected ({len(images)}, {len(names)})")
+        raise PredictionError(
+            f"probs have shape {probs.shape}, expected ({len(images)}, {len(names)})"
+        )
     frame = pd.DataFrame(probs, columns=[f"prob_{n}" for n in names])
     frame.insert(0, "Image Index", images)
     path = os.fspath(path)
@@ -203,12 +222,16 @@ class AlignmentReport:
 
     def to_dict(self) -> dict:
         return {
-            "n_label_rows": self.n_label_rows, "n_prediction_rows": self.n_prediction_rows,
-            "n_matched": len(self.table_rows), "missing_predictions": self.missing_predictions,
-            "unlabelled_predictions": self.unlabelled_predictions, "duplicate_rows": self.duplicate_rows,
+            "n_label_rows": self.n_label_rows,
+            "n_prediction_rows": self.n_prediction_rows,
+            "n_matched": len(self.table_rows),
+            "missing_predictions": self.missing_predictions,
+            "unlabelled_predictions": self.unlabelled_predictions,
+            "duplicate_rows": self.duplicate_rows,
             "nan_predictions": dict(self.nan_predictions),
             "labels_only_in_table": list(self.labels_only_in_table),
-            "labels_only_in_predictions": list(self.labels_only_in_predictions), "notes": list(self.notes),
+            "labels_only_in_predictions": list(self.labels_only_in_predictions),
+            "notes": list(self.notes),
         }
 
 
@@ -253,7 +276,8 @@ def _match_rows(table_paths: list[str], pred_keys: list[str]) -> tuple[np.ndarra
     if ambiguous:
         problems.append(
             f"{len(ambiguous)} predicted image(s) match several images of the labels by file name "
-            f"({_examples(ambiguous)}); write their paths (e.g. folder/name.png) so that each matches one"
+            f"({_examples(ambiguous)}); write their paths (e.g. folder/name.png) so that each "
+            "matches one"
         )
     return rows, problems
 
@@ -270,13 +294,29 @@ def _duplicates(
     frame = pd.DataFrame(np.nan_to_num(probs, nan=-1.0)).assign(key=keys)
     shown = _examples(images[~first].tolist())
     if frame.drop_duplicates().duplicated(subset="key").any():
-        return first, (f"{n_dup} duplicate prediction row(s) with different probabilities for the same image "
-                       f"({shown}); keep one row per image"), None
+        return (
+            first,
+            (
+                f"{n_dup} duplicate prediction row(s) with different probabilities for the same "
+                f"image ({shown}); keep one row per image"
+            ),
+            None,
+        )
     if not allow:
-        return first, (f"{n_dup} duplicate prediction row(s) for the same image ({shown}); keep one row per "
-                       "image, or pass allow_duplicates=True (--allow-duplicates) to keep the first of "
-                       "identical rows"), None
-    return first, None, f"{n_dup} identical duplicate prediction row(s) dropped (first kept): {shown}"
+        return (
+            first,
+            (
+                f"{n_dup} duplicate prediction row(s) for the same image ({shown}); keep one row "
+                "per image, or pass allow_duplicates=True (--allow-duplicates) to keep the first "
+                "of identical rows"
+            ),
+            None,
+        )
+    return (
+        first,
+        None,
+        f"{n_dup} identical duplicate prediction row(s) dropped (first kept): {shown}",
+    )
 
 
 def align(
@@ -304,14 +344,22 @@ def align(
     names = [n for n in table.pathologies if n in preds.pathologies]
     if labels is not None:
         wanted = [canonical_label(n) for n in labels]
-        absent = [f"{n} ({'labels' if n not in table.pathologies else where})" for n in wanted if n not in names]
+        absent = [
+            f"{n} ({'labels' if n not in table.pathologies else where})"
+            for n in wanted
+            if n not in names
+        ]
         if absent:
-            raise PredictionError(f"requested label(s) missing: {absent}; the labels have "
-                                  f"{list(table.pathologies)}, {where} has {list(preds.pathologies)}")
+            raise PredictionError(
+                f"requested label(s) missing: {absent}; the labels have "
+                f"{list(table.pathologies)}, {where} has {list(preds.pathologies)}"
+            )
         names = wanted
     if not names:
-        raise PredictionError(f"{where} shares no label with the dataset: predictions "
-                              f"{list(preds.pathologies)}, labels {list(table.pathologies)}")
+        raise PredictionError(
+            f"{where} shares no label with the dataset: predictions "
+            f"{list(preds.pathologies)}, labels {list(table.pathologies)}"
+        )
     only_table = tuple(n for n in table.pathologies if n not in preds.pathologies)
     only_preds = tuple(n for n in preds.pathologies if n not in table.pathologies)
     notes = list(preds.notes)
@@ -325,8 +373,10 @@ def align(
     paths = table.paths
     dup_paths = pd.Series(paths)[pd.Series(paths).duplicated()].unique().tolist()
     if dup_paths:
-        problems.append(f"the dataset lists {len(dup_paths)} image(s) more than once "
-                        f"({_examples(dup_paths)}); remove the repeated rows from the label file")
+        problems.append(
+            f"the dataset lists {len(dup_paths)} image(s) more than once "
+            f"({_examples(dup_paths)}); remove the repeated rows from the label file"
+        )
     cols = [preds.pathologies.index(n) for n in names]
     probs_all = preds.probs[:, cols]
     rows, ambiguity = _match_rows(paths, list(preds.images))
@@ -348,11 +398,14 @@ def align(
     if missing:
         (notes if allow_missing else problems).append(
             f"{len(missing)} of {len(table)} labelled image(s) have no prediction in {where} "
-            f"({_examples([os.path.basename(m) for m in missing])})" + ("; left out" if allow_missing else f"; {fix}"))
+            f"({_examples([os.path.basename(m) for m in missing])})"
+            + ("; left out" if allow_missing else f"; {fix}")
+        )
     if unlabelled:
         (notes if allow_missing else problems).append(
             f"{len(unlabelled)} of {len(preds)} predicted image(s) are not in the dataset's labels "
-            f"({_examples(unlabelled)})" + ("; left out" if allow_missing else f"; {fix}"))
+            f"({_examples(unlabelled)})" + ("; left out" if allow_missing else f"; {fix}")
+        )
 
     order = np.argsort(rows[matched], kind="stable")
     table_rows = rows[matched][order]
@@ -361,24 +414,40 @@ def align(
     nan_counts = {n: c for n, c in nan_counts.items() if c}
     if nan_counts:
         first_nan = pred_images[matched][order][np.isnan(probs).any(axis=1)].tolist()
-        text = (f"{sum(nan_counts.values())} prediction(s) are NaN/empty ({nan_counts}; images "
-                f"{_examples(first_nan)})")
+        text = (
+            f"{sum(nan_counts.values())} prediction(s) are NaN/empty ({nan_counts}; images "
+            f"{_examples(first_nan)})"
+        )
         (notes if allow_missing else problems).append(
-            text + ("; those cells are left out of their label" if allow_missing else f"; {fix}"))
+            text + ("; those cells are left out of their label" if allow_missing else f"; {fix}")
+        )
     outside = (probs < -_RANGE_TOLERANCE) | (probs > 1 + _RANGE_TOLERANCE)  # NaN compares False
     if outside.any():
         bad = [n for j, n in enumerate(names) if outside[:, j].any()]
-        problems.append(f"probabilities outside [0, 1] for {bad} (from {np.nanmin(probs):g} to "
-                        f"{np.nanmax(probs):g}); these look like logits: apply a sigmoid and write probabilities")
+        problems.append(
+            f"probabilities outside [0, 1] for {bad} (from {np.nanmin(probs):g} to "
+            f"{np.nanmax(probs):g}); these look like logits: apply a sigmoid and write "
+            "probabilities"
+        )
     if problems:
-        raise PredictionError(f"cannot pair {where} with the labels of {table.source or 'the dataset'}:\n- "
-                              + "\n- ".join(problems))
+        raise PredictionError(
+            f"cannot pair {where} with the labels of {table.source or 'the dataset'}:\n- "
+            + "\n- ".join(problems)
+        )
     probs = np.clip(probs, 0.0, 1.0)
     label_cols = [table.pathologies.index(n) for n in names]
     report = AlignmentReport(
-        tuple(names), np.asarray(paths, dtype=object)[table_rows], table_rows, len(table), len(preds),
-        missing_predictions=len(missing), unlabelled_predictions=len(unlabelled), duplicate_rows=n_dup,
-        nan_predictions=nan_counts, labels_only_in_table=only_table, labels_only_in_predictions=only_preds,
+        tuple(names),
+        np.asarray(paths, dtype=object)[table_rows],
+        table_rows,
+        len(table),
+        len(preds),
+        missing_predictions=len(missing),
+        unlabelled_predictions=len(unlabelled),
+        duplicate_rows=n_dup,
+        nan_predictions=nan_counts,
+        labels_only_in_table=only_table,
+        labels_only_in_predictions=only_preds,
         notes=notes,
     )
     labels_out = table.labels[np.ix_(table_rows, label_cols)].astype(np.float64)
@@ -386,8 +455,12 @@ def align(
 
 
 def align_pair(
-    table: LabelTable, preds_a: Predictions, preds_b: Predictions,
-    labels: Sequence[str] | None = None, allow_missing: bool = False, allow_duplicates: bool = False,
+    table: LabelTable,
+    preds_a: Predictions,
+    preds_b: Predictions,
+    labels: Sequence[str] | None = None,
+    allow_missing: bool = False,
+    allow_duplicates: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, AlignmentReport]:
     """Align two prediction sets with one table on the same images and labels.
 
@@ -398,7 +471,9 @@ def align_pair(
     b = align(table, preds_b, labels, allow_missing, allow_duplicates)
     names = [n for n in a.report.pathologies if n in b.report.pathologies]
     if not names:
-        raise PredictionError("the two prediction files share no label with each other and the dataset")
+        raise PredictionError(
+            "the two prediction files share no label with each other and the dataset"
+        )
     rows = np.intersect1d(a.report.table_rows, b.report.table_rows)
     notes = [f"A: {n}" for n in a.report.notes] + [f"B: {n}" for n in b.report.notes]
     dropped = len(a.report.table_rows) + len(b.report.table_rows) - 2 * len(rows)
@@ -406,13 +481,27 @@ def align_pair(
         notes.append(f"{dropped} image(s) predicted by only one of the two files left out")
     ia = np.searchsorted(a.report.table_rows, rows)
     ib = np.searchsorted(b.report.table_rows, rows)
-    ca = [a.report.pathologies.index(n) for n in names]
-    cb = [b.report.pathologies.index(n) for n in names]
+    ca = np.asarray([a.report.pathologies.index(n) for n in names], dtype=np.intp)
+    cb = np.asarray([b.report.pathologies.index(n) for n in names], dtype=np.intp)
     report = AlignmentReport(
-        tuple(names), a.report.images[ia], rows, len(table), max(len(preds_a), len(preds_b)),
-        missing_predictions=len(table) - len(rows), duplicate_rows=a.report.duplicate_rows + b.report.duplicate_rows,
-        nan_predictions={n: a.report.nan_predictions.get(n, 0) + b.report.nan_predictions.get(n, 0)
-                         for n in names if a.report.nan_predictions.get(n) or b.report.nan_predictions.get(n)},
+        tuple(names),
+        a.report.images[ia],
+        rows,
+        len(table),
+        max(len(preds_a), len(preds_b)),
+        missing_predictions=len(table) - len(rows),
+        duplicate_rows=a.report.duplicate_rows + b.report.duplicate_rows,
+        nan_predictions={
+            n: a.report.nan_predictions.get(n, 0) + b.report.nan_predictions.get(n, 0)
+            for n in names
+            if a.report.nan_predictions.get(n) or b.report.nan_predictions.get(n)
+        },
         notes=notes,
     )
-    return a.labels[np.ix_(ia, ca)], a.probs[np.ix_(ia, ca)], b.probs[np.ix_(ib, cb)], a.patient_ids[ia], report
+    return (
+        a.labels[np.ix_(ia, ca)],
+        a.probs[np.ix_(ia, ca)],
+        b.probs[np.ix_(ib, cb)],
+        a.patient_ids[ia],
+        report,
+    )

@@ -25,13 +25,14 @@ from pathlib import Path
 
 from cxr import RESEARCH_NOTICE
 from cxr.evaluation.comparison import ComparisonReport
-from cxr.evaluation.scoring import NO_THRESHOLDS, EvaluationReport, LabelCurves, fmt
 from cxr.evaluation.plots import auc_diff_png, pr_all_png, reliability_png, roc_all_png, roc_png
+from cxr.evaluation.scoring import NO_THRESHOLDS, EvaluationReport, LabelCurves, fmt
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;padding:0 1em}
-.notice{background:#fff3cd;border:1px solid #e0c060;padding:.7em 1em;font-weight:600;border-radius:4px}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1200px;color:#222;padding:0 1em}
+.notice{background:#fff3cd;border:1px solid #e0c060;padding:.7em 1em;font-weight:600;
+border-radius:4px}
 table{border-collapse:collapse;font-size:.85em;margin:1em 0}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
 th{background:#f2f2f2} td:first-child,th:first-child{text-align:left}
@@ -47,20 +48,28 @@ def safe_name(label: str) -> str:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _img(png: bytes, caption: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     alt = html.escape(caption)
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+        f"<figcaption>{alt}</figcaption></figure>"
+    )
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>\n<p class=\"notice\">{html.escape(RESEARCH_NOTICE)}</p>\n"
-            f"<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
+        f'<p class="notice">{html.escape(RESEARCH_NOTICE)}</p>\n'
+        f"<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
 
 
 def _notes_html(notes: Sequence[str]) -> str:
@@ -75,38 +84,90 @@ def render_html(report: EvaluationReport, figures: Mapping[str, bytes]) -> str:
     d = report.to_dict()
     s = d["summary"]
     pct = round(100 * (1 - report.settings.get("alpha", 0.05)))
-    sources = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in report.sources.items())
-    summary = _table(("metric", "value"), [
-        ("images (patients)", f"{s['n_images']} ({s['n_patients']})"),
-        (f"macro AUC ({s['macro_auc_n_labels']} labels)", fmt(report.macro_auc)),
-        ("micro AUC", fmt(report.micro_auc)),
-        ("macro average precision", fmt(report.macro_average_precision)),
-        (f"expected calibration error (pooled, {report.settings.get('n_bins')} bins)", fmt(report.ece)),
-    ])
-    excluded = "".join(f"<li>left out of the macro AUC: <b>{html.escape(k)}</b>: {html.escape(v)}</li>"
-                       for k, v in report.excluded.items())
+    sources = "".join(
+        f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in report.sources.items()
+    )
+    summary = _table(
+        ("metric", "value"),
+        [
+            ("images (patients)", f"{s['n_images']} ({s['n_patients']})"),
+            (f"macro AUC ({s['macro_auc_n_labels']} labels)", fmt(report.macro_auc)),
+            ("micro AUC", fmt(report.micro_auc)),
+            ("macro average precision", fmt(report.macro_average_precision)),
+            (
+                f"expected calibration error (pooled, {report.settings.get('n_bins')} bins)",
+                fmt(report.ece),
+            ),
+        ],
+    )
+    excluded = "".join(
+        f"<li>left out of the macro AUC: <b>{html.escape(k)}</b>: {html.escape(v)}</li>"
+        for k, v in report.excluded.items()
+    )
     thresholds = html.escape(report.thresholds or "absent: " + NO_THRESHOLDS)
     show_op = any(r.operating for r in report.labels)
     headers = ["label", "n", "positives", "prevalence", "AUC", f"{pct}% CI", "AP", "ECE"]
-    op_keys = ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "tp", "fp", "tn", "fn")
+    op_keys = (
+        "threshold",
+        "sensitivity",
+        "specificity",
+        "ppv",
+        "npv",
+        "f1",
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+    )
     if show_op:
-        headers += ["threshold", "sensitivity", "specificity", "PPV", "NPV", "F1", "TP", "FP", "TN", "FN"]
+        headers += [
+            "threshold",
+            "sensitivity",
+            "specificity",
+            "PPV",
+            "NPV",
+            "F1",
+            "TP",
+            "FP",
+            "TN",
+            "FN",
+        ]
     rows = []
     for r in d["labels"]:
-        row = [r["label"], r["n"], r["n_positive"], fmt(r["prevalence"]), fmt(r["auc"]),
-               f"{fmt(r['auc_ci_low'])} to {fmt(r['auc_ci_high'])}", fmt(r["average_precision"]), fmt(r["ece"])]
+        row = [
+            r["label"],
+            r["n"],
+            r["n_positive"],
+            fmt(r["prevalence"]),
+            fmt(r["auc"]),
+            f"{fmt(r['auc_ci_low'])} to {fmt(r['auc_ci_high'])}",
+            fmt(r["average_precision"]),
+            fmt(r["ece"]),
+        ]
         rows.append(row + ([fmt(r[k]) for k in op_keys] if show_op else []))
-    main = [_img(figures[k], cap) for k, cap in (("roc_all", "ROC curves, all labels"),
-                                                 ("pr_all", "Precision-recall curves"),
-                                                 ("reliability", "Reliability diagram")) if k in figures]
-    per_label = [_img(figures[f"roc_{safe_name(n)}"], f"ROC: {n}") for n in report.curves
-                 if f"roc_{safe_name(n)}" in figures]
+    main = [
+        _img(figures[k], cap)
+        for k, cap in (
+            ("roc_all", "ROC curves, all labels"),
+            ("pr_all", "Precision-recall curves"),
+            ("reliability", "Reliability diagram"),
+        )
+        if k in figures
+    ]
+    per_label = [
+        _img(figures[f"roc_{safe_name(n)}"], f"ROC: {n}")
+        for n in report.curves
+        if f"roc_{safe_name(n)}" in figures
+    ]
     notes = [f"{r.name}: {r.note}" for r in report.labels if r.note] + list(report.notes)
-    body = (f"<ul>{sources}</ul><h2>Summary</h2>{summary}<ul>{excluded}<li>operating thresholds: {thresholds}</li></ul>"
-            f"<h2>Per label</h2>{_table(headers, rows)}<h2>Figures</h2>{''.join(main)}"
-            f"<h2>ROC per label</h2><div class=\"grid\">{''.join(per_label)}</div>{_notes_html(notes)}"
-            f"<p>AUC CIs: {report.settings.get('n_bootstrap')} bootstrap resamples of patients "
-            f"(seed {report.settings.get('seed')}), percentile intervals.</p>")
+    body = (
+        f"<ul>{sources}</ul><h2>Summary</h2>{summary}<ul>{excluded}"
+        f"<li>operating thresholds: {thresholds}</li></ul>"
+        f"<h2>Per label</h2>{_table(headers, rows)}<h2>Figures</h2>{''.join(main)}"
+        f'<h2>ROC per label</h2><div class="grid">{"".join(per_label)}</div>{_notes_html(notes)}'
+        f"<p>AUC CIs: {report.settings.get('n_bootstrap')} bootstrap resamples of patients "
+        f"(seed {report.settings.get('seed')}), percentile intervals.</p>"
+    )
     return _page("cxr evaluation report", body)
 
 
@@ -119,7 +180,9 @@ def _write(path: Path, data: bytes | str) -> Path:
 
 
 def write_report(
-    report: EvaluationReport, out_dir: str | Path, curves_data: Mapping[str, LabelCurves] | None = None
+    report: EvaluationReport,
+    out_dir: str | Path,
+    curves_data: Mapping[str, LabelCurves] | None = None,
 ) -> dict[str, Path]:
     """Write the report files and figures into ``out_dir`` (created if needed).
 
@@ -140,8 +203,12 @@ def write_report(
         figures[f"roc_{safe_name(name)}"] = roc_png(name, c)
     written = {key: _write(out / f"{key}.png", png) for key, png in figures.items()}
     links = "\n".join(f"![{k}]({p.name})" for k, p in written.items())
-    written["markdown"] = _write(out / "report.md", report.to_markdown() + "\n## Figures\n\n" + links + "\n")
-    written["json"] = _write(out / "report.json", json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
+    written["markdown"] = _write(
+        out / "report.md", report.to_markdown() + "\n## Figures\n\n" + links + "\n"
+    )
+    written["json"] = _write(
+        out / "report.json", json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+    )
     written["html"] = _write(out / "report.html", render_html(report, figures))
     return written
 
@@ -158,19 +225,50 @@ def write_comparison_report(comparison: ComparisonReport, out_dir: str | Path) -
         written["auc_diff"] = _write(out / "auc_diff.png", png)
     md = comparison.to_markdown() + ("\n![AUC difference](auc_diff.png)\n" if png else "")
     written["markdown"] = _write(out / "compare.md", md)
-    written["json"] = _write(out / "compare.json", json.dumps(comparison.to_dict(), indent=2, allow_nan=False) + "\n")
+    written["json"] = _write(
+        out / "compare.json", json.dumps(comparison.to_dict(), indent=2, allow_nan=False) + "\n"
+    )
     pct = round(100 * (1 - comparison.settings.get("alpha", 0.05)))
-    rows = [(r.name, r.n, r.n_positive, fmt(r.auc_a), fmt(r.auc_b), fmt(r.diff),
-             f"{fmt(r.diff_ci_low)} to {fmt(r.diff_ci_high)}", fmt(r.z, 2), fmt(r.p_value, 4))
-            for r in comparison.rows]
+    rows = [
+        (
+            r.name,
+            r.n,
+            r.n_positive,
+            fmt(r.auc_a),
+            fmt(r.auc_b),
+            fmt(r.diff),
+            f"{fmt(r.diff_ci_low)} to {fmt(r.diff_ci_high)}",
+            fmt(r.z, 2),
+            fmt(r.p_value, 4),
+        )
+        for r in comparison.rows
+    ]
     ma, mb = comparison.macro()
-    sources = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in comparison.sources.items())
+    sources = "".join(
+        f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in comparison.sources.items()
+    )
     notes = [f"{r.name}: {r.note}" for r in comparison.rows if r.note] + list(comparison.notes)
-    body = (f"<ul>{sources}<li>images: {comparison.n_images}; macro AUC {html.escape(a)} {fmt(ma)}, "
-            f"{html.escape(b)} {fmt(mb)}</li></ul>"
-            + _table(("label", "n", "positives", f"AUC {a}", f"AUC {b}", "difference", f"{pct}% CI (bootstrap)",
-                      "DeLong z", "p-value"), rows)
-            + "<p>p-values are per label, two-sided, not adjusted for the number of labels compared.</p>"
-            + (_img(png, "AUC difference per label") if png else "") + _notes_html(notes))
+    body = (
+        f"<ul>{sources}<li>images: {comparison.n_images}; macro AUC {html.escape(a)} {fmt(ma)}, "
+        f"{html.escape(b)} {fmt(mb)}</li></ul>"
+        + _table(
+            (
+                "label",
+                "n",
+                "positives",
+                f"AUC {a}",
+                f"AUC {b}",
+                "difference",
+                f"{pct}% CI (bootstrap)",
+                "DeLong z",
+                "p-value",
+            ),
+            rows,
+        )
+        + "<p>p-values are per label, two-sided, not adjusted for the number of labels "
+        "compared.</p>"
+        + (_img(png, "AUC difference per label") if png else "")
+        + _notes_html(notes)
+    )
     written["html"] = _write(out / "compare.html", _page(f"cxr comparison: {a} vs {b}", body))
     return written

@@ -73,8 +73,13 @@ def _auc_plan(y: np.ndarray, p: np.ndarray, group_index: np.ndarray) -> _AucPlan
     breaks = np.unique(np.r_[0, lo, hi])
     breaks = breaks[breaks < n_neg]
     # running sum index: position k holds the negatives in rows [0, breaks[k]); len = all
-    return _AucPlan(group_index[~y][order], group_index[y], breaks,
-                    np.searchsorted(breaks, lo), np.searchsorted(breaks, hi))
+    return _AucPlan(
+        group_index[~y][order],
+        group_index[y],
+        breaks,
+        np.searchsorted(breaks, lo),
+        np.searchsorted(breaks, hi),
+    )
 
 
 def _plan_auc(plan: _AucPlan, counts: np.ndarray) -> np.ndarray:
@@ -138,15 +143,27 @@ def _check_bootstrap(n: int, alpha: float) -> None:
 
 
 def bootstrap_auc_ci(
-    y: np.ndarray, p: np.ndarray, groups: np.ndarray, n: int = 1000, seed: int = 0, alpha: float = 0.05
+    y: np.ndarray,
+    p: np.ndarray,
+    groups: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> BootstrapCI:
     """(1 - alpha) percentile CI of the AUC, resampling patients (``groups``) with
     replacement, ``n`` times. Draws come from :func:`patient_draws` (``seed``)."""
-    return bootstrap_auc_ci_many(np.asarray(y)[:, None], np.asarray(p)[:, None], groups, n, seed, alpha)[0]
+    return bootstrap_auc_ci_many(
+        np.asarray(y)[:, None], np.asarray(p)[:, None], groups, n, seed, alpha
+    )[0]
 
 
 def bootstrap_auc_ci_many(
-    labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, n: int = 1000, seed: int = 0, alpha: float = 0.05
+    labels: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> list[BootstrapCI]:
     """:func:`bootstrap_auc_ci` for L labels at once, every label scored on the *same*
     patient resamples. ``labels`` (N, L) 0/1/NaN (NaN rows are skipped per label),
@@ -154,7 +171,9 @@ def bootstrap_auc_ci_many(
     labels = np.asarray(labels, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
     if labels.ndim != 2 or labels.shape != probs.shape:
-        raise ValueError(f"labels and probs must both be (N, L); got {labels.shape} and {probs.shape}")
+        raise ValueError(
+            f"labels and probs must both be (N, L); got {labels.shape} and {probs.shape}"
+        )
     _check_bootstrap(n, alpha)
     index, n_groups = _group_index(groups, len(labels))
     plans = []
@@ -171,8 +190,13 @@ def bootstrap_auc_ci_many(
 
 
 def bootstrap_auc_diff_ci(
-    y: np.ndarray, p1: np.ndarray, p2: np.ndarray, groups: np.ndarray,
-    n: int = 1000, seed: int = 0, alpha: float = 0.05,
+    y: np.ndarray,
+    p1: np.ndarray,
+    p2: np.ndarray,
+    groups: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> BootstrapCI:
     """Paired patient-bootstrap CI of AUC(p1) - AUC(p2): both scored on each resample."""
     y, p1 = check_binary(y, p1)
@@ -228,7 +252,9 @@ def delong_test(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> DeLongResult:
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
     if var <= 1e-15:
-        z, pval, se = (0.0, 1.0, 0.0) if abs(diff) < 1e-12 else (math.copysign(math.inf, diff), 0.0, 0.0)
+        z, pval, se = (
+            (0.0, 1.0, 0.0) if abs(diff) < 1e-12 else (math.copysign(math.inf, diff), 0.0, 0.0)
+        )
     else:
         se = math.sqrt(var)
         z = diff / se

@@ -2,7 +2,8 @@
 
 A threshold ``t`` calls an image positive when its probability is ``>= t``. Two rules:
 
-- ``"youden"`` (default): maximise sensitivity + specificity - 1 (:func:`cxr.evaluation.metrics.youden_threshold`);
+- ``"youden"`` (default): maximise sensitivity + specificity - 1
+  (:func:`cxr.evaluation.metrics.youden_threshold`);
 - ``"sensitivity"``: the highest threshold reaching a target sensitivity, e.g. 0.9
   (:func:`cxr.evaluation.metrics.threshold_for_sensitivity`).
 
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.labels import canonical_label
 from cxr.choices import THRESHOLD_METHODS
 from cxr.evaluation.metrics import threshold_for_sensitivity, youden_threshold
+from cxr.labels import canonical_label
 
 METHODS: tuple[str, ...] = THRESHOLD_METHODS
 
@@ -34,14 +35,15 @@ class Thresholds(Mapping[str, float]):
     """Label name -> threshold (a read-only mapping), with how they were chosen.
 
     Attributes:
-        values: canonical label name -> threshold (probability, positive when ``p >= t``).
+        thresholds: canonical label name -> threshold (probability, positive when
+            ``p >= t``); named so as not to hide the mapping's ``values()``.
         method: ``"youden"``, ``"sensitivity"`` or ``"given"`` (read from a plain mapping).
         target: the target sensitivity for ``"sensitivity"``, else None.
         notes: label -> why it has no threshold (e.g. no positives in validation).
         source: where they were chosen (free text, e.g. the validation file).
     """
 
-    values: dict[str, float]
+    thresholds: dict[str, float]
     method: str = "given"
     target: float | None = None
     notes: dict[str, str] = field(default_factory=dict)
@@ -49,25 +51,29 @@ class Thresholds(Mapping[str, float]):
 
     def __post_init__(self) -> None:
         clean: dict[str, float] = {}
-        for name, value in dict(self.values).items():
+        for name, value in dict(self.thresholds).items():
             try:
                 value = float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"threshold of {name!r} is {value!r}; it must be a number") from None
+                raise ValueError(
+                    f"threshold of {name!r} is {value!r}; it must be a number"
+                ) from None
             if math.isnan(value):
                 raise ValueError(f"threshold of {name!r} is NaN; leave the label out instead")
             clean[canonical_label(name)] = value
-        object.__setattr__(self, "values", clean)
-        object.__setattr__(self, "notes", {canonical_label(k): str(v) for k, v in self.notes.items()})
+        object.__setattr__(self, "thresholds", clean)
+        object.__setattr__(
+            self, "notes", {canonical_label(k): str(v) for k, v in self.notes.items()}
+        )
 
     def __getitem__(self, name: str) -> float:
-        return self.values[name]
+        return self.thresholds[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.thresholds)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.thresholds)
 
     def describe(self) -> str:
         """One line: the rule and where it was applied, e.g. ``youden on val.csv``."""
@@ -75,17 +81,29 @@ class Thresholds(Mapping[str, float]):
         return f"{rule} on {self.source}" if self.source else rule
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "target": self.target, "source": self.source,
-                "thresholds": dict(self.values), "notes": dict(self.notes)}
+        return {
+            "method": self.method,
+            "target": self.target,
+            "source": self.source,
+            "thresholds": dict(self.thresholds),
+            "notes": dict(self.notes),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping, where: str = "thresholds") -> Thresholds:
         """From :meth:`to_dict` output, or from a plain ``{label: threshold}`` mapping."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"{where}: expected a JSON object of label -> threshold, got {type(data).__name__}")
+            raise ValueError(
+                f"{where}: expected a JSON object of label -> threshold, got {type(data).__name__}"
+            )
         if "thresholds" in data:
-            return cls(dict(data["thresholds"]), str(data.get("method", "given")), data.get("target"),
-                       dict(data.get("notes", {})), str(data.get("source", "")))
+            return cls(
+                dict(data["thresholds"]),
+                str(data.get("method", "given")),
+                data.get("target"),
+                dict(data.get("notes", {})),
+                str(data.get("source", "")),
+            )
         return cls(dict(data), "given", source=where)
 
     def save(self, path: str | Path) -> Path:
@@ -101,7 +119,9 @@ class Thresholds(Mapping[str, float]):
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); write {{\"Label\": 0.5, ...}}") from err
+            raise ValueError(
+                f'{path} is not valid JSON ({err}); write {{"Label": 0.5, ...}}'
+            ) from err
         return cls.from_dict(data, where=str(path))
 
 
@@ -146,11 +166,15 @@ def choose_thresholds(
         n_neg = len(y) - n_pos
         if n_pos == 0 or (method == "youden" and n_neg == 0):
             missing = "positive" if n_pos == 0 else "negative"
-            notes[name] = (f"no threshold: the validation data have no {missing} images "
-                           f"for {name} ({n_pos} positive, {n_neg} negative)")
+            notes[name] = (
+                f"no threshold: the validation data have no {missing} images "
+                f"for {name} ({n_pos} positive, {n_neg} negative)"
+            )
             continue
         if method == "youden":
             values[name] = youden_threshold(y, p)
         else:
             values[name] = threshold_for_sensitivity(y, p, target)
-    return Thresholds(values, method, float(target) if method == "sensitivity" else None, notes, source)
+    return Thresholds(
+        values, method, float(target) if method == "sensitivity" else None, notes, source
+    )

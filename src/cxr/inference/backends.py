@@ -85,8 +85,13 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu",
-                 precision: str = "auto", channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+        channels_last: bool = True,
+    ) -> None:
         import torch
 
         from cxr.devices import autocast_dtype, resolve_device, resolve_precision
@@ -98,7 +103,8 @@ class TorchBackend(Backend):
         self.loaded = loaded
         model = loaded.model.to(self.device).eval()
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format (torch's stubs for Module.to omit it)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model: ChestClassifier = model
         self.spec, self.thresholds = loaded.spec, dict(loaded.thresholds)
         self.training, self.path = dict(loaded.training), Path(loaded.path)
@@ -113,8 +119,12 @@ class TorchBackend(Backend):
         if isinstance(pixels, np.ndarray):
             pixels = torch.from_numpy(np.ascontiguousarray(pixels))
         x = to_model_input(pixels, self.device, self.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype,
-                                                    enabled=self.amp_dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ),
+        ):
             return torch.sigmoid(self.model(x).float()).float()
 
     def to_numpy(self, outputs: Sequence[Any]) -> np.ndarray:
@@ -128,9 +138,14 @@ class TorchBackend(Backend):
         return {"backend": self.name, "device": str(self.device), "precision": self.precision}
 
 
-def open_backend(model: LoadedModel | _PathLike | Backend, backend: str = "torch", *,
-                 device: str | torch.device = "cpu", precision: str = "auto",
-                 channels_last: bool = True) -> Backend:
+def open_backend(
+    model: LoadedModel | _PathLike | Backend,
+    backend: str = "torch",
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+    channels_last: bool = True,
+) -> Backend:
     """A ready backend for a model file path, a :class:`~cxr.modelfile.LoadedModel` or a
     backend (returned as it is)."""
     if isinstance(model, Backend):
@@ -144,6 +159,7 @@ def open_backend(model: LoadedModel | _PathLike | Backend, backend: str = "torch
     elif isinstance(model, (str, os.PathLike)):
         loaded = load_model(model, device="cpu")
     else:
-        raise TypeError(f"model must be a model file path or a LoadedModel, got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"model must be a model file path or a LoadedModel, got {type(model).__name__}"
+        )
     return TorchBackend(loaded, device, precision, channels_last)

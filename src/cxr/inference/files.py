@@ -20,7 +20,9 @@ def _is_image_file(path: Path) -> bool:
     return path.suffix.lower() not in _NOT_IMAGES and is_dicom(path)
 
 
-def list_images(inputs: Iterable[_PathLike], ignored: list[Path] | None = None) -> list[Path]:
+def list_images(
+    inputs: Iterable[_PathLike] | _PathLike, ignored: list[Path] | None = None
+) -> list[Path]:
     """Expand files and folders into image files, keeping the order given.
 
     A file is kept whatever its name (an unreadable one is reported later, by name); a
@@ -55,5 +57,3 @@ def list_images(inputs: Iterable[_PathLike], ignored: list[Path] | None = None) 
         else:
             add(p)
     return out
-
-

@@ -54,14 +54,21 @@ class Predictor:
         backend: which runtime runs the network (:data:`~cxr.inference.backends.BACKENDS`).
     """
 
-    def __init__(self, model: LoadedModel | _PathLike | Backend,
-                 device: str | torch.device = "cpu", tta: bool = False, batch_size: int = 32,
-                 precision: str = "auto", channels_last: bool = True,
-                 backend: str = "torch") -> None:
+    def __init__(
+        self,
+        model: LoadedModel | _PathLike | Backend,
+        device: str | torch.device = "cpu",
+        tta: bool = False,
+        batch_size: int = 32,
+        precision: str = "auto",
+        channels_last: bool = True,
+        backend: str = "torch",
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.backend = open_backend(model, backend, device=device, precision=precision,
-                                    channels_last=channels_last)
+        self.backend = open_backend(
+            model, backend, device=device, precision=precision, channels_last=channels_last
+        )
         self.spec = self.backend.spec
         self.preprocessing = self.spec.preprocessing
         self.labels = self.spec.labels
@@ -91,8 +98,10 @@ class Predictor:
         torch backend has one."""
         model = getattr(self.backend, "model", None)
         if model is None:
-            raise ValueError(f"the {self.backend.name} backend has no torch model; load "
-                             f"{self.path} with backend='torch' for Grad-CAM")
+            raise ValueError(
+                f"the {self.backend.name} backend has no torch model; load "
+                f"{self.path} with backend='torch' for Grad-CAM"
+            )
         return model
 
     @property
@@ -104,11 +113,19 @@ class Predictor:
         return loaded
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "backbone": self.spec.backbone,
-                "input_size": self.size, "fit": self.fit, "tta": self.tta,
-                **self.backend.describe(),
-                "tta_views": (f"original, mirror, shifts of {tta_shift(self.size)} px "
-                              "right/left/down/up" if self.tta else "original only")}
+        return {
+            "path": str(self.path),
+            "backbone": self.spec.backbone,
+            "input_size": self.size,
+            "fit": self.fit,
+            "tta": self.tta,
+            **self.backend.describe(),
+            "tta_views": (
+                f"original, mirror, shifts of {tta_shift(self.size)} px right/left/down/up"
+                if self.tta
+                else "original only"
+            ),
+        }
 
     def preprocess(self, path: _PathLike) -> np.ndarray:
         """uint8 (S, S): the file as training saw it (raises ImageReadError)."""
@@ -118,8 +135,10 @@ class Predictor:
         """Probabilities float32 (B, L) of preprocessed images uint8 (B, S, S), S = the
         model's input size (as :meth:`preprocess` or a prepared cache gives them)."""
         images = self.preprocessing.check_pixels(images)
-        out = [self.probabilities(np.ascontiguousarray(images[start : start + self.batch_size]))
-               for start in range(0, len(images), self.batch_size)]
+        out = [
+            self.probabilities(np.ascontiguousarray(images[start : start + self.batch_size]))
+            for start in range(0, len(images), self.batch_size)
+        ]
         return self.backend.to_numpy(out)
 
     def probabilities(self, pixels: Any) -> Any:
@@ -140,30 +159,41 @@ class Predictor:
 
         cache = cache if isinstance(cache, PreparedCache) else PreparedCache(cache)
         if cache.size != self.size:
-            raise ValueError(f"the cache {cache.path} holds {cache.size}px images but the model "
-                             f"{self.path} takes {self.size}px; prepare the data with "
-                             f"--size {self.size}")
+            raise ValueError(
+                f"the cache {cache.path} holds {cache.size}px images but the model "
+                f"{self.path} takes {self.size}px; prepare the data with "
+                f"--size {self.size}"
+            )
         if cache.fit != self.fit:
-            raise ValueError(f"the cache {cache.path} was prepared with --fit {cache.fit} but the "
-                             f"model was trained on --fit {self.fit}; prepare it again with "
-                             f"--fit {self.fit}")
+            raise ValueError(
+                f"the cache {cache.path} was prepared with --fit {cache.fit} but the "
+                f"model was trained on --fit {self.fit}; prepare it again with "
+                f"--fit {self.fit}"
+            )
         from cxr.training.loader import CacheBatches
 
         # read ahead in a thread into pinned memory; the probabilities stay on the device
         # until the end, so nothing waits for the GPU between batches
         device = getattr(self.backend, "device", None)
-        batches = CacheBatches(cache, self.batch_size, shuffle=False,
-                               pin_memory=device is not None and device.type == "cuda", prefetch=2)
+        batches = CacheBatches(
+            cache,
+            self.batch_size,
+            shuffle=False,
+            pin_memory=device is not None and device.type == "cuda",
+            prefetch=2,
+        )
         out = []
-        with tqdm(total=len(cache), unit="img", desc="predict", disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(cache), unit="img", desc="predict", disable=not progress, dynamic_ncols=True
+        ) as bar:
             for pixels, _ in batches:
                 out.append(self.probabilities(pixels))
                 bar.update(len(pixels))
         return self.backend.to_numpy(out)
 
-    def predict_paths(self, paths: Sequence[_PathLike], progress: bool = False
-                      ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+    def predict_paths(
+        self, paths: Sequence[_PathLike], progress: bool = False
+    ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
         """Probabilities float32 (N, L) of the N files in order (e.g. a dataset's image
         paths), in batches; a file that cannot be read gets a row of NaN and an entry
         row -> (reason, detail)."""
@@ -171,8 +201,9 @@ class Predictor:
 
         probs = np.full((len(paths), len(self.labels)), np.nan, dtype=np.float32)
         failed: dict[int, tuple[str, str]] = {}
-        with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(paths), unit="img", desc="predict", disable=not progress, dynamic_ncols=True
+        ) as bar:
             for start in range(0, len(paths), self.batch_size):
                 rows, arrays = [], []
                 for i in range(start, min(start + self.batch_size, len(paths))):
@@ -188,8 +219,9 @@ class Predictor:
                 bar.update(min(self.batch_size, len(paths) - start))
         return probs, failed
 
-    def predict_images(self, paths: Iterable[_PathLike] | _PathLike,
-                       progress: bool = False) -> PredictionResult:
+    def predict_images(
+        self, paths: Iterable[_PathLike] | _PathLike, progress: bool = False
+    ) -> PredictionResult:
         """Predict files and folders (expanded by :func:`list_images`), in batches.
 
         Files that cannot be decoded are skipped with their reason; the result lists them.
@@ -198,11 +230,16 @@ class Predictor:
         files = list_images(paths, ignored)
         result = PredictionResult(self.labels, self.thresholds, model=self.describe())
         if ignored:
-            result.notes.append(f"{len(ignored)} non-image file(s) in the folders were ignored "
-                                f"(e.g. {ignored[0]})")
+            result.notes.append(
+                f"{len(ignored)} non-image file(s) in the folders were ignored (e.g. {ignored[0]})"
+            )
         probs, failed = self.predict_paths(files, progress)
-        result.items = [ImagePrediction(str(f), None, *failed[i]) if i in failed
-                        else ImagePrediction(str(f), probs[i]) for i, f in enumerate(files)]
+        result.items = [
+            ImagePrediction(str(f), None, *failed[i])
+            if i in failed
+            else ImagePrediction(str(f), probs[i])
+            for i, f in enumerate(files)
+        ]
         return result
 
     def stored_thresholds(self) -> Thresholds | None:
@@ -212,12 +249,21 @@ class Predictor:
 
         if not self.thresholds:
             return None
-        return Thresholds(self.thresholds, method="youden",
-                          source=f"the validation data of {self.path} (stored in the model file)")
+        return Thresholds(
+            self.thresholds,
+            method="youden",
+            source=f"the validation data of {self.path} (stored in the model file)",
+        )
 
 
-def predict_images(model: LoadedModel | _PathLike, paths: Sequence[_PathLike], *,
-                   device: str = "cpu", tta: bool = False, batch_size: int = 32,
-                   progress: bool = False) -> PredictionResult:
+def predict_images(
+    model: LoadedModel | _PathLike,
+    paths: Sequence[_PathLike],
+    *,
+    device: str = "cpu",
+    tta: bool = False,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> PredictionResult:
     """Shortcut: ``Predictor(model, device, tta, batch_size).predict_images(paths, progress)``."""
     return Predictor(model, device, tta, batch_size).predict_images(paths, progress)

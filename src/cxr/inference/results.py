@@ -32,6 +32,12 @@ class ImagePrediction:
     def ok(self) -> bool:
         return self.probabilities is not None
 
+    def values(self) -> np.ndarray:
+        """The probabilities float32 (L,); a ValueError naming the file when it was skipped."""
+        if self.probabilities is None:
+            raise ValueError(f"{self.path} has no probabilities ({self.reason}: {self.detail})")
+        return self.probabilities
+
 
 @dataclass
 class PredictionResult:
@@ -63,13 +69,19 @@ class PredictionResult:
     @property
     def probs(self) -> np.ndarray:
         """float32 (N, L) probabilities of the predicted images."""
-        rows = [it.probabilities for it in self.predicted]
-        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, len(self.labels)), np.float32)
+        rows = [it.values() for it in self.predicted]
+        return (
+            np.stack(rows).astype(np.float32)
+            if rows
+            else np.zeros((0, len(self.labels)), np.float32)
+        )
 
     def above(self, probabilities: np.ndarray) -> list[bool | None]:
         """Per label: probability >= its stored threshold, None where none is stored."""
-        return [None if n not in self.thresholds else bool(p >= self.thresholds[n])
-                for n, p in zip(self.labels, probabilities)]
+        return [
+            None if n not in self.thresholds else bool(p >= self.thresholds[n])
+            for n, p in zip(self.labels, probabilities, strict=True)
+        ]
 
     def headline(self, probabilities: np.ndarray) -> str:
         """``"Top finding: Effusion 0.91 (above threshold 0.42)"`` (3 decimals where 2 would
@@ -84,24 +96,35 @@ class PredictionResult:
         return f"Top finding: {name} {p:.{digits}f} ({side} threshold {t:.{digits}f})"
 
     def _image_dict(self, it: ImagePrediction) -> dict[str, Any]:
-        p = it.probabilities
+        p = it.values()
         flags = self.above(p)
         i = int(np.argmax(p))
-        return {"path": it.path,
-                "probabilities": {n: float(v) for n, v in zip(self.labels, p)},
-                "above_threshold": [n for n, f in zip(self.labels, flags) if f],
-                "top_finding": {"label": self.labels[i], "probability": float(p[i]),
-                                "threshold": self.thresholds.get(self.labels[i]),
-                                "above_threshold": flags[i]}}
+        return {
+            "path": it.path,
+            "probabilities": {n: float(v) for n, v in zip(self.labels, p, strict=True)},
+            "above_threshold": [n for n, f in zip(self.labels, flags, strict=True) if f],
+            "top_finding": {
+                "label": self.labels[i],
+                "probability": float(p[i]),
+                "threshold": self.thresholds.get(self.labels[i]),
+                "above_threshold": flags[i],
+            },
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"notice": RESEARCH_NOTICE, "model": dict(self.model), "labels": list(self.labels),
-                "thresholds": dict(self.thresholds),
-                "images": [self._image_dict(it) for it in self.predicted],
-                "skipped": [{"path": it.path, "reason": it.reason, "detail": it.detail}
-                            for it in self.skipped],
-                "n_predicted": len(self.predicted), "n_skipped": len(self.skipped),
-                "notes": list(self.notes)}
+        return {
+            "notice": RESEARCH_NOTICE,
+            "model": dict(self.model),
+            "labels": list(self.labels),
+            "thresholds": dict(self.thresholds),
+            "images": [self._image_dict(it) for it in self.predicted],
+            "skipped": [
+                {"path": it.path, "reason": it.reason, "detail": it.detail} for it in self.skipped
+            ],
+            "n_predicted": len(self.predicted),
+            "n_skipped": len(self.skipped),
+            "notes": list(self.notes),
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -113,12 +136,19 @@ class PredictionResult:
         research-use notice). Skipped images have no row."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["Image Index", *(f"prob_{n}" for n in self.labels),
-                    *(f"above_{n}" for n in self.labels), "notice"])
+        w.writerow(
+            [
+                "Image Index",
+                *(f"prob_{n}" for n in self.labels),
+                *(f"above_{n}" for n in self.labels),
+                "notice",
+            ]
+        )
         for it in self.predicted:
-            flags = ["" if f is None else int(f) for f in self.above(it.probabilities)]
-            w.writerow([it.path, *(f"{float(v):.9g}" for v in it.probabilities), *flags,
-                        RESEARCH_NOTICE])
+            flags = ["" if f is None else int(f) for f in self.above(it.values())]
+            w.writerow(
+                [it.path, *(f"{float(v):.9g}" for v in it.values()), *flags, RESEARCH_NOTICE]
+            )
         return buf.getvalue()
 
     def to_text(self) -> str:
@@ -127,13 +157,15 @@ class PredictionResult:
         lines = [RESEARCH_NOTICE]
         m = self.model
         if m:
-            lines.append(f"model: {m.get('path', '?')} ({m.get('backbone', '?')}, "
-                         f"{m.get('input_size', '?')} px, fit {m.get('fit', '?')}, "
-                         f"TTA {'on' if m.get('tta') else 'off'})")
+            lines.append(
+                f"model: {m.get('path', '?')} ({m.get('backbone', '?')}, "
+                f"{m.get('input_size', '?')} px, fit {m.get('fit', '?')}, "
+                f"TTA {'on' if m.get('tta') else 'off'})"
+            )
         missing = [n for n in self.labels if n not in self.thresholds]
         width = max(len("label"), *(len(n) for n in self.labels))
         for it in self.predicted:
-            p = it.probabilities
+            p = it.values()
             flags = self.above(p)
             lines += ["", it.path, "  " + self.headline(p)]
             lines.append(f"  {'rank':>4}  {'label':<{width}}  {'prob':>6}  {'threshold':>9}  above")
@@ -145,14 +177,19 @@ class PredictionResult:
                 lines.append(f"  {rank:>4}  {name:<{width}}  {p[i]:>6.3f}  {tt:>9}  {mark}")
         if self.predicted:
             lines.append("")
-            lines.append("* = probability at or above the model's stored threshold"
-                         + (f"; - = no threshold stored ({', '.join(missing)})" if missing else ""))
+            lines.append(
+                "* = probability at or above the model's stored threshold"
+                + (f"; - = no threshold stored ({', '.join(missing)})" if missing else "")
+            )
         if self.skipped:
             lines += ["", f"skipped {len(self.skipped)} file(s):"]
             lines += [f"  {it.path}: {it.reason}: {it.detail}" for it in self.skipped]
         lines += [f"note: {n}" for n in self.notes]
-        lines += ["", f"{len(self.predicted)} image(s) predicted, {len(self.skipped)} skipped. "
-                  + RESEARCH_NOTICE]
+        lines += [
+            "",
+            f"{len(self.predicted)} image(s) predicted, {len(self.skipped)} skipped. "
+            + RESEARCH_NOTICE,
+        ]
         return "\n".join(lines) + "\n"
 
     def render(self, format: str = "text") -> str:
@@ -164,5 +201,3 @@ class PredictionResult:
         if format == "csv":
             return self.to_csv()
         raise ValueError(f"format must be text, json or csv, got {format!r}")
-
-

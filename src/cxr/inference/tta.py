@@ -30,8 +30,12 @@ def _shift(x: _A, dx: int, dy: int) -> _A:
     """Shift (..., H, W) content by dx (right) and dy (down) pixels, filling with 0."""
     out = x * 0
     s_h, s_w = x.shape[-2:]
-    ys, yd = (slice(0, s_h - dy), slice(dy, s_h)) if dy >= 0 else (slice(-dy, s_h), slice(0, s_h + dy))
-    xs, xd = (slice(0, s_w - dx), slice(dx, s_w)) if dx >= 0 else (slice(-dx, s_w), slice(0, s_w + dx))
+    ys, yd = (
+        (slice(0, s_h - dy), slice(dy, s_h)) if dy >= 0 else (slice(-dy, s_h), slice(0, s_h + dy))
+    )
+    xs, xd = (
+        (slice(0, s_w - dx), slice(dx, s_w)) if dx >= 0 else (slice(-dx, s_w), slice(0, s_w + dx))
+    )
     out[..., yd, xd] = x[..., ys, xs]
     return out
 

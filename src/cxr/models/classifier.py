@@ -89,6 +89,9 @@ class ChestClassifier(nn.Module):
             eval mode (BatchNorm statistics fixed) even after ``model.train()``.
     """
 
+    mean: Tensor  # registered buffers, (1, 3, 1, 1)
+    std: Tensor
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         if not isinstance(spec, ModelSpec):

@@ -47,7 +47,7 @@ class SamePadConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         pads = []
         for size, k, s in zip(
-            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)
+            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
         ):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]  # (left, right) then (top, bottom)

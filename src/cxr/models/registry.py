@@ -175,7 +175,9 @@ def _densenet_builder(variant: str) -> Callable[[], Backbone]:
         # MONAI's features end with norm5 and its classifier applies the ReLU; torchvision
         # applies it after the features. The feature map here is post-ReLU, like torchvision.
         features.add_module("relu5", nn.ReLU(inplace=False))
-        return Backbone(features, int(features.norm5.num_features), "relu5")
+        norm5 = features.norm5
+        assert isinstance(norm5, nn.BatchNorm2d)  # MONAI's default norm ("batch") for 2D
+        return Backbone(features, int(norm5.num_features), "relu5")
 
     return build
 

@@ -35,8 +35,9 @@ STRIDE = 4
 
 def _stage(c_in: int, c_out: int, k1: int, stride: int, k2: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, k1, stride=stride, padding=(k1 - 1) // 2 if stride == 1 else 0,
-                  bias=False),
+        nn.Conv2d(
+            c_in, c_out, k1, stride=stride, padding=(k1 - 1) // 2 if stride == 1 else 0, bias=False
+        ),
         nn.BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
         nn.Conv2d(c_out, c_out, k2, padding=k2 // 2, bias=False),

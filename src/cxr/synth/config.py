@@ -61,17 +61,26 @@ class SynthConfig:
             raise ValueError(f"size must be an integer from 32 to 4096 pixels, got {self.size!r}")
         if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if not isinstance(self.prevalence, (int, float)) or isinstance(self.prevalence, bool) \
-                or not 0.0 < float(self.prevalence) < 1.0:
-            raise ValueError(f"prevalence must be a number strictly between 0 and 1, "
-                             f"got {self.prevalence!r}")
+        if (
+            not isinstance(self.prevalence, (int, float))
+            or isinstance(self.prevalence, bool)
+            or not 0.0 < float(self.prevalence) < 1.0
+        ):
+            raise ValueError(
+                f"prevalence must be a number strictly between 0 and 1, got {self.prevalence!r}"
+            )
         ipp = self.images_per_patient
-        if not isinstance(ipp, (int, float)) or isinstance(ipp, bool) \
-                or not math.isfinite(ipp) or not 1.0 <= ipp <= 10.0:
+        if (
+            not isinstance(ipp, (int, float))
+            or isinstance(ipp, bool)
+            or not math.isfinite(ipp)
+            or not 1.0 <= ipp <= 10.0
+        ):
             raise ValueError(f"images_per_patient must be a mean from 1 to 10, got {ipp!r}")
         if isinstance(self.labels, str):
-            raise ValueError(f"labels must be a sequence of label names, not the string "
-                             f"{self.labels!r}")
+            raise ValueError(
+                f"labels must be a sequence of label names, not the string {self.labels!r}"
+            )
         labels = tuple(_canonical_finding(n) for n in self.labels)
         if not labels:
             raise ValueError(f"labels must name at least one of {list(SYNTH_LABELS)}")
@@ -92,5 +101,3 @@ def _canonical_finding(name: str) -> str:
     if canon not in SYNTH_LABELS:
         raise ValueError(f"the phantoms cannot show {name!r}; known findings: {list(SYNTH_LABELS)}")
     return canon
-
-

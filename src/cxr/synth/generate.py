@@ -1,4 +1,5 @@
-"""Writing a phantom data set to disk (images, masks, labels.csv) in parallel, and reading it back."""
+"""Writing a phantom data set to disk (images, masks, labels.csv) in parallel, and reading it
+back."""
 
 from __future__ import annotations
 
@@ -42,13 +43,14 @@ def _plan(config: SynthConfig) -> tuple[list[_Item], np.ndarray]:
     for p, count in enumerate(counts):
         for k in range(count):
             i = len(items)
-            findings = tuple(name for name, on in zip(config.labels, labels[i]) if on)
+            findings = tuple(name for name, on in zip(config.labels, labels[i], strict=True) if on)
             items.append(_Item(f"p{p:05d}_{k:03d}.png", p, k, findings))
     return items, labels
 
 
-def phantom_for(config: SynthConfig, patient: int, index: int,
-                findings: Collection[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def phantom_for(
+    config: SynthConfig, patient: int, index: int, findings: Collection[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The image ``index`` of ``patient`` exactly as :func:`generate_phantoms` draws it."""
     base = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(1, patient)))
     anatomy = PatientAnatomy.sample(base)
@@ -74,13 +76,13 @@ def _render_chunk(task: tuple[str, SynthConfig, list[_Item]]) -> int:
             if name in masks:
                 _save_png(masks[name].astype(np.uint8) * np.uint8(255), path)
             elif path.exists():
-                path.unlink()          # a stale mask of an earlier run into the same folder
+                path.unlink()  # a stale mask of an earlier run into the same folder
     return len(items)
 
 
 def generate_phantoms(
     out_dir: str | Path,
-    config: SynthConfig = SynthConfig(),
+    config: SynthConfig | None = None,
     workers: int | None = None,
     progress: bool = False,
 ) -> LabelTable:
@@ -100,7 +102,7 @@ def generate_phantoms(
 
     Args:
         out_dir: output folder (created).
-        config: what to generate.
+        config: what to generate (None = ``SynthConfig()``, the defaults).
         workers: processes (``spawn`` start method: call from under
             ``if __name__ == "__main__":`` in a script); None = all cores, 1 = in this
             process.
@@ -113,6 +115,8 @@ def generate_phantoms(
     import pandas as pd
     from tqdm.auto import tqdm
 
+    if config is None:
+        config = SynthConfig()
     if not isinstance(config, SynthConfig):
         raise TypeError(f"config must be a SynthConfig, got {type(config).__name__}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -155,8 +159,11 @@ def generate_phantoms(
         "config": {**asdict(config), "labels": list(config.labels)},
         "n_patients": len({it.patient for it in items}),
         "label_counts": {name: int(labels[:, j].sum()) for j, name in enumerate(config.labels)},
-        "files": {"images": "images/<Image>", "masks": "masks/<stem>_<Label>.png (0/255)",
-                  "labels": "labels.csv"},
+        "files": {
+            "images": "images/<Image>",
+            "masks": "masks/<stem>_<Label>.png (0/255)",
+            "labels": "labels.csv",
+        },
     }
     (out_dir / "synth.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return table_from_dir(out_dir)
@@ -198,8 +205,9 @@ def table_from_dir(out_dir: str | Path) -> LabelTable:
     import pandas as pd
 
     out_dir = Path(out_dir)
-    frame = pd.read_csv(out_dir / "labels.csv", dtype={"Image": str, "PatientId": str},
-                        keep_default_na=False)
+    frame = pd.read_csv(
+        out_dir / "labels.csv", dtype={"Image": str, "PatientId": str}, keep_default_na=False
+    )
     names = [c for c in frame.columns if c not in ("Image", "PatientId")]
     images = (out_dir / "images").resolve()
     return LabelTable.from_columns(

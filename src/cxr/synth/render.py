@@ -91,7 +91,9 @@ def render_phantom_details(
     an = anatomy if anatomy is not None else PatientAnatomy.sample(rng)
     seeds = rng.integers(0, 2**63, size=1 + len(SYNTH_LABELS))
     img_rng = np.random.default_rng(int(seeds[0]))
-    lab_rng = {name: np.random.default_rng(int(s)) for name, s in zip(SYNTH_LABELS, seeds[1:])}
+    lab_rng = {
+        name: np.random.default_rng(int(s)) for name, s in zip(SYNTH_LABELS, seeds[1:], strict=True)
+    }
 
     # grid in body coordinates
     c = (np.arange(size, dtype=_F32) + 0.5) * _F32(2.0 / size) - 1
@@ -100,7 +102,7 @@ def render_phantom_details(
     ct, st = _F32(math.cos(an.tilt)), _F32(math.sin(an.tilt))
     u = (x * ct + y * st) / _F32(an.scale * an.aspect)
     v = (-x * st + y * ct) / _F32(an.scale)
-    px = 2.0 / size / an.scale                       # one pixel in body units
+    px = 2.0 / size / an.scale  # one pixel in body units
     au = np.abs(u)
 
     # findings' geometry (each from its own generator) -------------------------------
@@ -113,8 +115,13 @@ def render_phantom_details(
         g = lab_rng["Pneumothorax"]
         side = -1 if g.random() < 0.5 else 1
         f = g.uniform(0.70, 0.86)
-        scene.pneumo = (side, f * g.uniform(0.97, 1.06), f, side * (an.lung_cx - 0.12),
-                        _dome(an, side, side * 0.3) - 0.08)
+        scene.pneumo = (
+            side,
+            f * g.uniform(0.97, 1.06),
+            f,
+            side * (an.lung_cx - 0.12),
+            _dome(an, side, side * 0.3) - 0.08,
+        )
     if "Effusion" in wanted:
         g = lab_rng["Effusion"]
         sides = [(-1, 1)[int(g.random() < 0.5)]]
@@ -159,9 +166,9 @@ def render_phantom_details(
     tex_rng = np.random.default_rng(an.texture_seed)
     n1 = _value_noise(tex_rng, size, 13) + 0.5 * _value_noise(tex_rng, size, 27)
     n2 = _value_noise(tex_rng, size, 17)
-    ridge = np.exp(-(n1 / 0.16) ** 2) + 0.6 * np.exp(-(n2 / 0.12) ** 2)
+    ridge = np.exp(-((n1 / 0.16) ** 2)) + 0.6 * np.exp(-((n2 / 0.12) ** 2))
     lung_var = 0.06 * _value_noise(tex_rng, size, 5)
-    aer = {s: lung_soft[s].copy() for s in (-1, 1)}       # lung tissue present (0..1)
+    aer = {s: lung_soft[s].copy() for s in (-1, 1)}  # lung tissue present (0..1)
     gap = None
     if scene.pneumo is not None:
         s = scene.pneumo[0]
@@ -170,9 +177,9 @@ def render_phantom_details(
         gap = np.clip(lung_soft[s] - aer[s], 0, 1)
     air = (aer[-1] + aer[1]) * not_heart
     marks = air.copy()
-    hil = np.float32(0)
+    hil: np.ndarray | np.float32 = np.float32(0)
     for s in (-1, 1):
-        d2 = (u - s * 0.24) ** 2 / 0.5 ** 2 + (v - 0.02) ** 2 / 0.6 ** 2
+        d2 = (u - s * 0.24) ** 2 / 0.5**2 + (v - 0.02) ** 2 / 0.6**2
         hil = hil + np.exp(-d2 * 2.5)
     # effusion and consolidation take the air out of the lung
     eff_masks = {}
@@ -184,7 +191,7 @@ def render_phantom_details(
         air = air * (1 - 0.92 * eff)
         marks = marks * (1 - eff)
         dens = dens + 0.03 * eff * lung_soft[s] * not_heart * _smoothstep((v - m) / 0.15)
-        if gap is not None and s == scene.pneumo[0]:
+        if gap is not None and scene.pneumo is not None and s == scene.pneumo[0]:
             gap = gap * (1 - eff)
     cons_field = None
     if cons is not None:
@@ -203,7 +210,7 @@ def render_phantom_details(
         air = air * (1 - sev * cons_field * (1 - 0.45 * bronchi))
         marks = marks * (1 - 0.8 * cons_field)
     if gap is not None:
-        air = air + 1.4 * gap * not_heart      # no lung tissue in the rim: darker
+        air = air + 1.4 * gap * not_heart  # no lung tissue in the rim: darker
     # lower zones look denser (soft tissue in front), apices darker
     zone = 0.82 + 0.18 * _smoothstep((v + 0.2) / 0.8)
     dens = dens - an.air * air * (1.08 - 0.14 * zone + lung_var)
@@ -224,10 +231,14 @@ def render_phantom_details(
     if gap is not None:
         ribs = ribs * (1 - 0.6 * gap)
     dens = dens + an.rib_density * ribs
-    clav = np.float32(0)
+    clav: np.ndarray | np.float32 = np.float32(0)
     for s in (-1, 1):
-        ax_, ay_, bx_, by_ = s * 0.07, an.lung_cy - an.lung_b_up + 0.03, s * 0.68, \
-            an.lung_cy - an.lung_b_up - 0.12
+        ax_, ay_, bx_, by_ = (
+            s * 0.07,
+            an.lung_cy - an.lung_b_up + 0.03,
+            s * 0.68,
+            an.lung_cy - an.lung_b_up - 0.12,
+        )
         dx, dy = bx_ - ax_, by_ - ay_
         t = np.clip(((u - ax_) * dx + (v - ay_) * dy) / (dx * dx + dy * dy), 0, 1)
         dist = np.hypot(u - ax_ - t * dx, v - ay_ - t * dy)
@@ -240,7 +251,7 @@ def render_phantom_details(
     if scene.pneumo is not None:
         s = scene.pneumo[0]
         lw = max(0.6 * px, 0.006)
-        line = np.exp(-(((1 - cF) * 0.33 - lw) / lw) ** 2)
+        line = np.exp(-((((1 - cF) * 0.33 - lw) / lw) ** 2))
         line = line * np.clip((1 - lungF[s]) / 0.06, 0, 1) * not_heart
         dens = dens + 0.16 * line
     if mass is not None:
@@ -248,16 +259,20 @@ def render_phantom_details(
         du, dv = u - cu, v - cv
         d = np.sqrt(du * du + dv * dv)
         theta = np.arctan2(dv, du)
-        rad = radius * (1 + wob[0] * np.sin(3 * theta + phase[0]) + wob[1] * np.sin(5 * theta + phase[1]))
+        rad = radius * (
+            1 + wob[0] * np.sin(3 * theta + phase[0]) + wob[1] * np.sin(5 * theta + phase[1])
+        )
         dn = d / rad
         disc = _ramp((rad - d) / px)
         dens = dens + amp * disc * (0.8 + 0.2 * np.sqrt(np.clip(1 - dn * dn, 0, 1)))
         mass_mask = dn < 1
-    nod_mask = np.zeros((size, size), dtype=bool) if nodules else None
-    for cu, cv, radius, amp in nodules:
-        d = np.sqrt((u - cu) ** 2 + (v - cv) ** 2)
-        dens = dens + amp * _ramp((radius - d) / px)
-        nod_mask |= d < radius
+    nod_mask: np.ndarray | None = None
+    if nodules:
+        nod_mask = np.zeros((size, size), dtype=bool)
+        for cu, cv, radius, amp in nodules:
+            d = np.sqrt((u - cu) ** 2 + (v - cv) ** 2)
+            dens = dens + amp * _ramp((radius - d) / px)
+            nod_mask |= d < radius
 
     # exposure, noise, quantisation ----------------------------------------------------
     r = img_rng.uniform
@@ -298,5 +313,3 @@ def render_phantom_details(
     cols = np.flatnonzero(lungs.any(axis=0))
     thorax = (int(cols[0]), int(cols[-1])) if cols.size else (0, size - 1)
     return PhantomRender(image, masks, lungs, heart, thorax, ctr, an)
-
-

@@ -3,7 +3,8 @@
 Example::
 
     from cxr.training import TrainConfig, train
-    result = train(TrainConfig(phase1_epochs=1, phase2_epochs=5), "cache/train", "cache/val", "runs/a")
+    config = TrainConfig(phase1_epochs=1, phase2_epochs=5)
+    result = train(config, "cache/train", "cache/val", "runs/a")
     print(result.best_auc, result.best_model)
 """
 
@@ -24,5 +25,14 @@ def __getattr__(name: str):
         return getattr(loop, name)
     raise AttributeError(f"module 'cxr.training' has no attribute {name!r}")
 
-__all__ = ["AugmentConfig", "ConfigError", "TrainConfig", "TrainError", "TrainResult",
-           "resume", "run_summary", "train"]
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "TrainConfig",
+    "TrainError",
+    "TrainResult",
+    "resume",
+    "run_summary",
+    "train",
+]

@@ -23,13 +23,19 @@ def random_affine(batch: int, config: AugmentConfig, generator: torch.Generator)
     zoom ``s`` uniform in ``1 ± config.scale`` (s > 1 enlarges the content), shift uniform
     in ``±config.translate`` of the side, flip left-right with probability 0.5 if enabled.
     """
+
     def uniform(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(batch, generator=generator)
 
     angle = uniform(-config.rotate, config.rotate) * (math.pi / 180.0)
     zoom = uniform(1.0 - config.scale, 1.0 + config.scale)
-    shift = torch.stack([uniform(-config.translate, config.translate) * 2.0,
-                         uniform(-config.translate, config.translate) * 2.0], dim=1)
+    shift = torch.stack(
+        [
+            uniform(-config.translate, config.translate) * 2.0,
+            uniform(-config.translate, config.translate) * 2.0,
+        ],
+        dim=1,
+    )
     flip = torch.ones(batch)
     if config.hflip:
         flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
@@ -40,8 +46,9 @@ def random_affine(batch: int, config: AugmentConfig, generator: torch.Generator)
     return theta
 
 
-def augment_batch(images: torch.Tensor, config: AugmentConfig,
-                  generator: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
     """Augmented copy of a batch.
 
     Args:

@@ -91,8 +91,9 @@ class FunctionCallback(TrainingCallback):
         self.fn("end", result)
 
 
-def as_callbacks(items: Iterable[TrainingCallback | Callable[[str, Any], None]]
-                 ) -> list[TrainingCallback]:
+def as_callbacks(
+    items: Iterable[TrainingCallback | Callable[[str, Any], None]],
+) -> list[TrainingCallback]:
     """Callback objects from objects and plain functions (wrapped in FunctionCallback)."""
     out: list[TrainingCallback] = []
     for item in items:
@@ -101,6 +102,8 @@ def as_callbacks(items: Iterable[TrainingCallback | Callable[[str, Any], None]]
         elif callable(item):
             out.append(FunctionCallback(item))
         else:
-            raise TypeError(f"a training callback must be a TrainingCallback or a function "
-                            f"fn(event, info), got {type(item).__name__}")
+            raise TypeError(
+                f"a training callback must be a TrainingCallback or a function "
+                f"fn(event, info), got {type(item).__name__}"
+            )
     return out

@@ -27,7 +27,6 @@ class ConfigError(ValueError):
     """A setting is out of range or unknown; the message names it."""
 
 
-
 class TrainError(RuntimeError):
     """The run cannot start or continue; the message says why and what to do."""
 
@@ -120,8 +119,11 @@ class TrainConfig:
         need(self.pool in POOLS, "pool", f"choose one of {POOLS}")
         for name in ("phase1_epochs", "phase2_epochs", "early_stopping", "plateau_patience"):
             need(int(getattr(self, name)) >= 0, name, "must be 0 or more")
-        need(self.phase1_epochs + self.phase2_epochs > 0, "phase2_epochs",
-             "phase1_epochs + phase2_epochs must be at least 1")
+        need(
+            self.phase1_epochs + self.phase2_epochs > 0,
+            "phase2_epochs",
+            "phase1_epochs + phase2_epochs must be at least 1",
+        )
         for name in ("batch_size", "accumulate", "val_batch_size", "loader_threads"):
             need(int(getattr(self, name)) >= 1, name, "must be 1 or more")
         for name in ("phase1_lr", "phase2_lr", "head_lr_factor"):
@@ -160,8 +162,9 @@ class TrainConfig:
     def save(self, path: str | Path) -> Path:
         """Write the configuration as YAML."""
         path = Path(path)
-        path.write_text("# cxr training configuration\n"
-                        + yaml.safe_dump(self.to_dict(), sort_keys=False))
+        path.write_text(
+            "# cxr training configuration\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
+        )
         return path
 
     @classmethod
@@ -186,8 +189,9 @@ def _from_dict(cls: type, values: dict[str, Any], prefix: str):
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {[prefix + k for k in unknown]}; "
-                          f"known: {sorted(known)}")
+        raise ConfigError(
+            f"unknown setting(s) {[prefix + k for k in unknown]}; known: {sorted(known)}"
+        )
     values = dict(values)
     if "hidden" in values and values["hidden"] is not None:
         values["hidden"] = tuple(values["hidden"])

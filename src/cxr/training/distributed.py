@@ -72,7 +72,7 @@ def gather_shards(info: Dist, shard, total: int):
     dist.all_gather_object(parts, shard)
     out = np.empty((total, *shard.shape[1:]), dtype=shard.dtype)
     for rank, part in enumerate(parts):
-        out[rank::info.world_size] = part
+        out[rank :: info.world_size] = part
     return out
 
 

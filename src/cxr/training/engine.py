@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -17,9 +17,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cxr.losses import build_loss
 from cxr.devices import autocast_dtype
+from cxr.losses import build_loss
 from cxr.models import (
+    ChestClassifier,
     HeadConfig,
     ModelSpec,
     build_model,
@@ -60,19 +61,31 @@ class Engine:
         steps_per_epoch: optimiser steps per epoch (batches / accumulate, rounded up).
     """
 
-    def __init__(self, config: TrainConfig, names: Sequence[str], preprocessing: Preprocessing,
-                 train_labels: np.ndarray, info: dd.Dist, steps_per_epoch: int):
+    def __init__(
+        self,
+        config: TrainConfig,
+        names: Sequence[str],
+        preprocessing: Preprocessing,
+        train_labels: np.ndarray,
+        info: dd.Dist,
+        steps_per_epoch: int,
+    ):
         self.config, self.info, self.device = config, info, info.device
         self.steps_per_epoch = steps_per_epoch
-        spec = ModelSpec(labels=tuple(names), backbone=config.backbone,
-                         head=HeadConfig(pool=config.pool, dropout=config.dropout,
-                                         hidden=config.hidden),
-                         preprocessing=preprocessing)
+        spec = ModelSpec(
+            labels=tuple(names),
+            backbone=config.backbone,
+            head=HeadConfig(pool=config.pool, dropout=config.dropout, hidden=config.hidden),
+            preprocessing=preprocessing,
+        )
         self.model = build_model(spec, pretrained=config.pretrained).to(self.device)
         if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        options = {"gamma": config.focal_gamma} if config.loss == "focal" else {}
-        self.loss_fn = build_loss(config.loss, train_labels, **options).to(self.device)
+            # Module.to takes memory_format (torch's stubs for Module.to omit it)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        gamma = {"gamma": config.focal_gamma} if config.loss == "focal" else {}
+        self.loss_fn = build_loss(config.loss, train_labels, label_names=None, **gamma).to(
+            self.device
+        )
         self.amp_dtype = autocast_dtype(config.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.ema = ModelEMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
@@ -80,7 +93,8 @@ class Engine:
         self.phase = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: LRSchedule | None = None
-        self.forward_model: nn.Module = self.model
+        self.forward_model: Callable[..., torch.Tensor] = self.model
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
 
     # phases -------------------------------------------------------------------------
     def enter_phase(self, phase: int) -> None:
@@ -92,22 +106,33 @@ class Engine:
         c = self.config
         if phase == 1:
             freeze_backbone(self.model)
-            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
-                       "lr": c.phase1_lr}]
+            groups = [
+                {
+                    "params": [p for p in self.model.parameters() if p.requires_grad],
+                    "lr": c.phase1_lr,
+                }
+            ]
             epochs = c.phase1_epochs
         else:
             unfreeze_backbone(self.model)
-            groups = parameter_groups(self.model, lr_backbone=c.phase2_lr,
-                                      lr_head=c.phase2_lr * c.head_lr_factor)
+            groups = parameter_groups(
+                self.model, lr_backbone=c.phase2_lr, lr_head=c.phase2_lr * c.head_lr_factor
+            )
             epochs = c.phase2_epochs
         self.optimizer = _make_optimizer(c, groups)
-        self.schedule = LRSchedule(self.optimizer, c.schedule, epochs * self.steps_per_epoch,
-                                   round(c.warmup_epochs * self.steps_per_epoch),
-                                   c.plateau_patience, c.plateau_factor)
+        self.schedule = LRSchedule(
+            self.optimizer,
+            c.schedule,
+            epochs * self.steps_per_epoch,
+            round(c.warmup_epochs * self.steps_per_epoch),
+            c.plateau_patience,
+            c.plateau_factor,
+        )
         wrapped: nn.Module = self.model
+        self.ddp = None
         if self.info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            wrapped = self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.forward_model = torch.compile(wrapped) if c.compile else wrapped
         self.phase = phase
 
@@ -117,8 +142,9 @@ class Engine:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_epoch(self, batches: CacheBatches, epoch: int, progress: bool,
-                    callbacks: Sequence = ()) -> EpochStats:
+    def train_epoch(
+        self, batches: CacheBatches, epoch: int, progress: bool, callbacks: Sequence = ()
+    ) -> EpochStats:
         """One pass over this rank's shard; returns the epoch's statistics."""
         c, model, opt = self.config, self.forward_model, self.optimizer
         assert opt is not None and self.schedule is not None, "enter_phase() first"
@@ -127,15 +153,22 @@ class Engine:
         loss_sum = torch.zeros((), device=self.device)
         images = 0
         start = time.perf_counter()
-        bar = tqdm(total=n_batches, disable=not progress, unit="batch", leave=False,
-                   desc=f"epoch {epoch + 1}/{c.epochs}")
+        bar = tqdm(
+            total=n_batches,
+            disable=not progress,
+            unit="batch",
+            leave=False,
+            desc=f"epoch {epoch + 1}/{c.epochs}",
+        )
         opt.zero_grad(set_to_none=True)
         for i, (pixels, labels) in enumerate(batches):
             x = to_model_input(pixels, self.device, c.channels_last)
             x = augment_batch(x, c.augment, self.augment_rng)
             y = labels.to(self.device, non_blocking=True)
             last_micro = (i + 1) % c.accumulate == 0 or i + 1 == n_batches
-            sync = model.no_sync() if (self.info.enabled and not last_micro) else nullcontext()
+            sync = (
+                self.ddp.no_sync() if (self.ddp is not None and not last_micro) else nullcontext()
+            )
             with sync:
                 with self._autocast():
                     logits = model(x)
@@ -163,19 +196,30 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        return EpochStats(loss=float(loss_sum.item() / max(n_batches, 1)),
-                          lr=float(opt.param_groups[-1]["lr"]),
-                          images_per_second=images * self.info.world_size / max(seconds, 1e-9),
-                          seconds=seconds, images=images)
+        return EpochStats(
+            loss=float(loss_sum.item() / max(n_batches, 1)),
+            lr=float(opt.param_groups[-1]["lr"]),
+            images_per_second=images * self.info.world_size / max(seconds, 1e-9),
+            seconds=seconds,
+            images=images,
+        )
 
     # inference ----------------------------------------------------------------------
-    def eval_model(self) -> nn.Module:
+    def eval_model(self) -> ChestClassifier:
         """The model to validate and save: the EMA average when enabled."""
-        return self.ema.module if self.ema is not None else self.model
+        if self.ema is None:
+            return self.model
+        module = self.ema.module
+        assert isinstance(module, ChestClassifier)  # the EMA is a copy of self.model
+        return module
 
     @torch.no_grad()
-    def predict(self, batches: CacheBatches, model: nn.Module | None = None,
-                with_loss_on: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    def predict(
+        self,
+        batches: CacheBatches,
+        model: nn.Module | None = None,
+        with_loss_on: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, float]:
         """Probabilities (N, L) float64 of every row of the batches' cache, on every rank,
         and the loss against ``with_loss_on`` (N, L) labels (NaN when not given)."""
         model = model if model is not None else self.eval_model()
@@ -193,19 +237,27 @@ class Engine:
         loss = float("nan")
         if with_loss_on is not None:
             cpu_loss = copy.deepcopy(self.loss_fn).cpu()
-            loss = float(cpu_loss(torch.from_numpy(logits), torch.from_numpy(
-                np.asarray(with_loss_on, dtype=np.float32))))
+            loss = float(
+                cpu_loss(
+                    torch.from_numpy(logits),
+                    torch.from_numpy(np.asarray(with_loss_on, dtype=np.float32)),
+                )
+            )
         return probs, loss
 
     # resume -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Tensors and plain values only (loadable with ``weights_only=True``)."""
-        state = {"phase": self.phase, "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-                 "schedule": self.schedule.state_dict() if self.schedule else None,
-                 "scaler": self.scaler.state_dict(),
-                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                 "rng_torch": torch.get_rng_state(), "rng_augment": self.augment_rng.get_state()}
+        state = {
+            "phase": self.phase,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "schedule": self.schedule.state_dict() if self.schedule else None,
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng_torch": torch.get_rng_state(),
+            "rng_augment": self.augment_rng.get_state(),
+        }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -214,6 +266,7 @@ class Engine:
         self.model.load_state_dict(state["model"])
         if state["phase"]:
             self.enter_phase(int(state["phase"]))
+            assert self.optimizer is not None and self.schedule is not None  # set by enter_phase
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
@@ -231,6 +284,7 @@ def _make_optimizer(c: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer
     if c.optimizer == "adamw":
         return torch.optim.AdamW(groups, weight_decay=c.weight_decay)
     if c.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=c.momentum, weight_decay=c.weight_decay,
-                               nesterov=c.momentum > 0)
+        return torch.optim.SGD(
+            groups, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.momentum > 0
+        )
     return torch.optim.RMSprop(groups, momentum=c.momentum, weight_decay=c.weight_decay)

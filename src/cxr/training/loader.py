@@ -40,10 +40,20 @@ class CacheBatches:
         prefetch: batches read ahead by the background thread (0 = read in the caller).
     """
 
-    def __init__(self, cache: PreparedCache, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                 label_index: Sequence[int] | None = None, pin_memory: bool = False,
-                 prefetch: int = 2):
+    def __init__(
+        self,
+        cache: PreparedCache,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        label_index: Sequence[int] | None = None,
+        pin_memory: bool = False,
+        prefetch: int = 2,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -76,13 +86,13 @@ class CacheBatches:
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
             per_rank = n // self.world_size
-            return order[self.rank * per_rank:(self.rank + 1) * per_rank]
-        return np.arange(n)[self.rank::self.world_size]
+            return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return np.arange(n)[self.rank :: self.world_size]
 
     def _batches(self) -> list[np.ndarray]:
         rows = self.shard()
         cuts = range(0, len(rows), self.batch_size)
-        batches = [rows[i:i + self.batch_size] for i in cuts]
+        batches = [rows[i : i + self.batch_size] for i in cuts]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         return batches
@@ -95,7 +105,8 @@ class CacheBatches:
             rows = np.sort(rows)  # sequential reads; the order inside a batch is irrelevant
         images = torch.from_numpy(self.cache.read(rows))
         labels = torch.from_numpy(
-            np.ascontiguousarray(self.cache.labels(rows)[:, self.label_index], dtype=np.float32))
+            np.ascontiguousarray(self.cache.labels(rows)[:, self.label_index], dtype=np.float32)
+        )
         if self.pin_memory:
             images, labels = images.pin_memory(), labels.pin_memory()
         return images, labels

@@ -21,28 +21,24 @@ The run is observed through callbacks (:mod:`cxr.training.callbacks`): ``start``
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cxr import __version__
 from cxr.cache import PreparedCache
 from cxr.preprocessing import Preprocessing
 from cxr.training import distributed as dd
-from cxr.training.config import TrainConfig, TrainError
-from cxr.training.engine import Engine, EpochStats
 from cxr.training.callbacks import RunStart, TrainingCallback, as_callbacks
+from cxr.training.config import TrainConfig, TrainError
+from cxr.training.engine import Engine
 from cxr.training.loader import CacheBatches
-
-STATE_VERSION = 1
+from cxr.training.records import STATE_VERSION, epoch_line, history_row, save_epoch
 
 
 @dataclass
@@ -68,10 +64,17 @@ class TrainResult:
 Callback = TrainingCallback | Callable[[str, Any], None]
 
 
-def train(config: TrainConfig, train_cache: str | Path | PreparedCache,
-          val_cache: str | Path | PreparedCache, run_dir: str | Path, *,
-          overwrite: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
-          callbacks: Sequence[Callback] = ()) -> TrainResult:
+def train(
+    config: TrainConfig,
+    train_cache: str | Path | PreparedCache,
+    val_cache: str | Path | PreparedCache,
+    run_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
     """Train a new model on a prepared cache; validate on another each epoch.
 
     Args:
@@ -88,40 +91,60 @@ def train(config: TrainConfig, train_cache: str | Path | PreparedCache,
     info = dd.setup(config.device)
     if info.is_main:
         if (run_dir / "state.pt").exists() and not overwrite:
-            raise TrainError(f"{run_dir} already holds a run; continue it with "
-                             f"`cxr train --resume {run_dir}` or choose another --out")
+            raise TrainError(
+                f"{run_dir} already holds a run; continue it with "
+                f"`cxr train --resume {run_dir}` or choose another --out"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("state.pt", "history.csv", "best.safetensors", "last.safetensors"):
             (run_dir / stale).unlink(missing_ok=True)
     train_c, val_c = _open(train_cache), _open(val_cache)
     if info.is_main:
         config.save(run_dir / "config.yaml")
-        (run_dir / "run.json").write_text(json.dumps({
-            "train_cache": str(train_c.path.resolve()), "val_cache": str(val_c.path.resolve()),
-            "cxr_version": __version__, "world_size": info.world_size}, indent=2))
+        (run_dir / "run.json").write_text(
+            json.dumps(
+                {
+                    "train_cache": str(train_c.path.resolve()),
+                    "val_cache": str(val_c.path.resolve()),
+                    "cxr_version": __version__,
+                    "world_size": info.world_size,
+                },
+                indent=2,
+            )
+        )
     return _run(config, train_c, val_c, run_dir, info, None, progress, echo, callbacks)
 
 
-def resume(run_dir: str | Path, *, progress: bool = True, echo: Callable[[str], None] = print,
-           callbacks: Sequence[Callback] = ()) -> TrainResult:
+def resume(
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
     """Continue the run in ``run_dir`` from its last completed epoch."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TrainError(f"cannot resume {run_dir}: no such run folder")
     for name in ("config.yaml", "run.json", "state.pt"):
         if not (run_dir / name).is_file():
-            raise TrainError(f"cannot resume {run_dir}: it has no {name} "
-                             "(a run saves state.pt after its first epoch)")
+            raise TrainError(
+                f"cannot resume {run_dir}: it has no {name} "
+                "(a run saves state.pt after its first epoch)"
+            )
     config = TrainConfig.load(run_dir / "config.yaml")
     meta = json.loads((run_dir / "run.json").read_text())
     info = dd.setup(config.device)
     state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
     if state.get("version") != STATE_VERSION:
-        raise TrainError(f"{run_dir / 'state.pt'} was written by another cxr version; "
-                         "start a new run")
+        raise TrainError(
+            f"{run_dir / 'state.pt'} was written by another cxr version; start a new run"
+        )
     if int(state["world_size"]) != info.world_size:
-        raise TrainError(f"{run_dir} was trained with {state['world_size']} processes; resume it "
-                         f"with the same number (now {info.world_size})")
+        raise TrainError(
+            f"{run_dir} was trained with {state['world_size']} processes; resume it "
+            f"with the same number (now {info.world_size})"
+        )
     train_c, val_c = _open(meta["train_cache"]), _open(meta["val_cache"])
     return _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks)
 
@@ -137,12 +160,15 @@ def _label_index(config: TrainConfig, train_c: PreparedCache, val_c: PreparedCac
         have = cache.table.pathologies
         missing = [n for n in names if n not in have]
         if missing:
-            raise TrainError(f"the {which} cache {cache.path} lacks label(s) {missing}; "
-                             f"it has {list(have)}")
+            raise TrainError(
+                f"the {which} cache {cache.path} lacks label(s) {missing}; it has {list(have)}"
+            )
         index[which] = [have.index(n) for n in names]
     if train_c.size != val_c.size:
-        raise TrainError(f"the training cache is {train_c.size}px but the validation cache "
-                         f"is {val_c.size}px; prepare both at the same --size")
+        raise TrainError(
+            f"the training cache is {train_c.size}px but the validation cache "
+            f"is {val_c.size}px; prepare both at the same --size"
+        )
     return names, index["training"], index["validation"]
 
 
@@ -164,17 +190,40 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
     else:
         torch.backends.cudnn.benchmark = True
     pin = info.device.type == "cuda"
-    train_b = CacheBatches(train_c, config.batch_size, shuffle=True, seed=config.seed,
-                           rank=info.rank, world_size=info.world_size, drop_last=True,
-                           label_index=train_index, pin_memory=pin, prefetch=2 * config.loader_threads)
-    val_b = CacheBatches(val_c, config.val_batch_size, shuffle=False, rank=info.rank,
-                         world_size=info.world_size, label_index=val_index, pin_memory=pin)
+    train_b = CacheBatches(
+        train_c,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        drop_last=True,
+        label_index=train_index,
+        pin_memory=pin,
+        prefetch=2 * config.loader_threads,
+    )
+    val_b = CacheBatches(
+        val_c,
+        config.val_batch_size,
+        shuffle=False,
+        rank=info.rank,
+        world_size=info.world_size,
+        label_index=val_index,
+        pin_memory=pin,
+    )
     if len(train_b) == 0:
-        raise TrainError(f"the training cache {train_c.path} has {len(train_c)} images, fewer "
-                         f"than one batch of {config.batch_size} per process; lower --batch-size")
-    engine = Engine(config, names, Preprocessing(size=train_c.size, fit=train_c.fit),
-                    train_c.table.labels[:, train_index], info,
-                    steps_per_epoch=math.ceil(len(train_b) / config.accumulate))
+        raise TrainError(
+            f"the training cache {train_c.path} has {len(train_c)} images, fewer "
+            f"than one batch of {config.batch_size} per process; lower --batch-size"
+        )
+    engine = Engine(
+        config,
+        names,
+        Preprocessing(size=train_c.size, fit=train_c.fit),
+        train_c.table.labels[:, train_index],
+        info,
+        steps_per_epoch=math.ceil(len(train_b) / config.accumulate),
+    )
     val_labels = val_c.table.labels[:, val_index]
     history: list[dict] = []
     best_auc, best_epoch, bad_epochs, start = -math.inf, -1, 0, 0
@@ -193,8 +242,20 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
             if info.is_main:
                 echo(f"using {saved_threads} CPU threads, as the run did before")
     for cb in callbacks:
-        cb.on_start(RunStart(run_dir, config, tuple(names), len(train_c), len(val_c),
-                             str(info.device), start, info.is_main, train_c.path, val_c.path))
+        cb.on_start(
+            RunStart(
+                run_dir,
+                config,
+                tuple(names),
+                len(train_c),
+                len(val_c),
+                str(info.device),
+                start,
+                info.is_main,
+                train_c.path,
+                val_c.path,
+            )
+        )
     epoch = start
     while epoch < config.epochs:
         phase = 1 if epoch < config.phase1_epochs else 2
@@ -202,12 +263,13 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         train_b.set_epoch(epoch)
         stats = engine.train_epoch(train_b, epoch, progress and info.is_main, callbacks)
         probs, val_loss = engine.predict(val_b, with_loss_on=val_labels)
-        row = _history_row(epoch, phase, stats, val_loss, val_labels, probs, names)
+        row = history_row(epoch, phase, stats, val_loss, val_labels, probs, names)
         improved = row["val_macro_auc"] > best_auc
         if improved:
             best_auc, best_epoch, bad_epochs = row["val_macro_auc"], epoch, 0
         else:
             bad_epochs += 1
+        assert engine.schedule is not None  # set by enter_phase
         engine.schedule.epoch_end(row["val_macro_auc"])
         history.append(row)
         next_epoch = epoch + 1
@@ -218,11 +280,22 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         elif stop:
             row["note"] = f"early stop: no better val AUC for {bad_epochs} epochs"
         if info.is_main:
-            _save_epoch(run_dir, engine, row, history, improved,
-                        dict(next_epoch=config.epochs if stop else next_epoch, best_auc=best_auc,
-                             best_epoch=best_epoch, bad_epochs=bad_epochs,
-                             world_size=info.world_size, cpu_threads=torch.get_num_threads()))
-            echo(_epoch_line(row, config.epochs, best_auc))
+            save_epoch(
+                run_dir,
+                engine,
+                row,
+                history,
+                improved,
+                dict(
+                    next_epoch=config.epochs if stop else next_epoch,
+                    best_auc=best_auc,
+                    best_epoch=best_epoch,
+                    bad_epochs=bad_epochs,
+                    world_size=info.world_size,
+                    cpu_threads=torch.get_num_threads(),
+                ),
+            )
+            echo(epoch_line(row, config.epochs, best_auc))
         for cb in callbacks:
             cb.on_epoch(row)
         if stop:
@@ -237,69 +310,13 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
     return result
 
 
-def _history_row(epoch, phase, stats: EpochStats, val_loss, val_labels, probs, names) -> dict:
-    from cxr.evaluation.metrics import roc_auc
-
-    aucs = {}
-    for j, name in enumerate(names):
-        known = ~np.isnan(val_labels[:, j])
-        y = val_labels[known, j]
-        aucs[name] = roc_auc(y, probs[known, j]) if 0 < y.sum() < len(y) else float("nan")
-    valid = [a for a in aucs.values() if not math.isnan(a)]
-    row = {"epoch": epoch + 1, "phase": phase, "lr": stats.lr, "train_loss": stats.loss,
-           "val_loss": val_loss, "val_macro_auc": float(np.mean(valid)) if valid else float("nan"),
-           "images_per_second": stats.images_per_second, "seconds": stats.seconds}
-    row.update({f"val_auc_{n}": a for n, a in aucs.items()})
-    return row
-
-
-def _epoch_line(row: dict, epochs: int, best: float) -> str:
-    return (f"epoch {row['epoch']}/{epochs} (phase {row['phase']}): train loss "
-            f"{row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, val macro AUC "
-            f"{row['val_macro_auc']:.4f} (best {best:.4f}), {row['images_per_second']:.0f} img/s"
-            + (f" [{row['note']}]" if row.get("note") else ""))
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _save_epoch(run_dir: Path, engine: Engine, row: dict, history: list[dict], improved: bool,
-                progress_state: dict) -> None:
-    from cxr.modelfile import save_model
-
-    summary = {"epoch": row["epoch"], "val_macro_auc": row["val_macro_auc"],
-               "val_auc": {k[len("val_auc_"):]: v for k, v in row.items()
-                           if k.startswith("val_auc_")},
-               "config": engine.config.to_dict()}
-    model = engine.eval_model()
-    save_model(run_dir / "last.safetensors", model, training=summary)
-    if improved:
-        save_model(run_dir / "best.safetensors", model, training=summary)
-    _write_history(run_dir / "history.csv", history)
-    state = engine.state_dict()
-    state.update(progress_state, version=STATE_VERSION, history=history)
-    _atomic_torch_save(state, run_dir / "state.pt")
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, path)
-
-
-def _finish(run_dir: Path, engine: Engine, val_b: CacheBatches, val_labels, names,
-            info: dd.Dist, echo) -> None:
+def _finish(
+    run_dir: Path, engine: Engine, val_b: CacheBatches, val_labels, names, info: dd.Dist, echo
+) -> None:
     """Choose thresholds on validation with the best model and store them in its file.
     Every rank predicts its shard; rank 0 chooses and writes."""
-    from cxr.modelfile import load_model, with_thresholds
     from cxr.evaluation.thresholds import choose_thresholds
+    from cxr.modelfile import load_model, with_thresholds
 
     dd.barrier(info)  # rank 0 has written best.safetensors
     best = load_model(run_dir / "best.safetensors", device=engine.device)
@@ -308,18 +325,23 @@ def _finish(run_dir: Path, engine: Engine, val_b: CacheBatches, val_labels, name
         return
     chosen = choose_thresholds(val_labels, probs, names, method="youden", source="validation")
     with_thresholds(run_dir / "best.safetensors", dict(chosen))
-    echo(f"best model: {run_dir / 'best.safetensors'} (thresholds chosen on validation "
-         f"for {len(chosen)} of {len(names)} labels)")
+    echo(
+        f"best model: {run_dir / 'best.safetensors'} (thresholds chosen on validation "
+        f"for {len(chosen)} of {len(names)} labels)"
+    )
 
 
 def run_summary(result: TrainResult) -> str:
     """A few lines about a finished run, for the command line."""
-    lines = [f"run folder: {result.run_dir}",
-             f"epochs run: {result.epochs_run}; best validation macro AUC "
-             f"{result.best_auc:.4f} at epoch {result.best_epoch + 1}",
-             f"models: {result.best_model} (best), {result.last_model} (last)"]
+    lines = [
+        f"run folder: {result.run_dir}",
+        f"epochs run: {result.epochs_run}; best validation macro AUC "
+        f"{result.best_auc:.4f} at epoch {result.best_epoch + 1}",
+        f"models: {result.best_model} (best), {result.last_model} (last)",
+    ]
     if result.history:
-        lines.append(f"training throughput (last epoch): "
-                     f"{result.history[-1]['images_per_second']:.0f} images/s")
+        lines.append(
+            f"training throughput (last epoch): "
+            f"{result.history[-1]['images_per_second']:.0f} images/s"
+        )
     return "\n".join(lines)
-

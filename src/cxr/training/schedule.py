@@ -24,8 +24,15 @@ class LRSchedule:
         warmup_steps: steps of linear warm-up from ``1/(warmup_steps+1)`` of the base rate.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
-                 warmup_steps: int = 0, patience: int = 1, factor: float = 0.1):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        kind: str,
+        total_steps: int,
+        warmup_steps: int = 0,
+        patience: int = 1,
+        factor: float = 0.1,
+    ):
         if kind not in ("cosine", "plateau", "constant"):
             raise ValueError(f"unknown schedule {kind!r}; choose cosine, plateau or constant")
         self.optimizer = optimizer
@@ -77,8 +84,13 @@ class LRSchedule:
         self._apply()
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "plateau_scale": self.plateau_scale, "best": self.best,
-                "bad_epochs": self.bad_epochs, "base": list(self.base)}
+        return {
+            "steps": self.steps,
+            "plateau_scale": self.plateau_scale,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "base": list(self.base),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
