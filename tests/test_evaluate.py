@@ -215,7 +215,8 @@ def test_compare_delong_and_bootstrap():
 def test_peer_predictions_reproduce_the_readme(shared_datasets):
     """nih14-sample: per-label AUCs equal sklearn's and the macro AUC rounds to 0.773."""
     from cxr.datasets import load_dataset
-    from cxr.evaluation.predictions import align, read_predictions
+    from cxr.evaluation.alignment import align
+    from cxr.evaluation.predictions import read_predictions
 
     folder = shared_datasets / "nih14-sample"
     y, p, patients, rep = align(

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxr.evaluation.alignment import align, align_pair
 from cxr.evaluation.predictions import (
     PredictionError,
     Predictions,
-    align,
-    align_pair,
     read_predictions,
     write_predictions,
 )

@@ -233,8 +233,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     """Compare two prediction files; print the per-label table and write the reports."""
     from cxr.evaluation import compare, fmt, load_labels, read_predictions
+    from cxr.evaluation.alignment import align_pair
     from cxr.evaluation.pipeline import default_source
-    from cxr.evaluation.predictions import align_pair
     from cxr.evaluation.report import write_comparison_report
 
     labels = parse_list(args.labels, "--labels")

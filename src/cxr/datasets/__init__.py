@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cxr.choices import DATASET_FORMATS
-from cxr.datasets._common import (
+from cxr.datasets.chexpert import has_chexpert_csv, looks_like_chexpert, read_chexpert
+from cxr.datasets.common import (
     DatasetError,
     as_path_str,
     csv_header,
@@ -33,7 +34,6 @@ from cxr.datasets._common import (
     is_image_file,
     list_dir,
 )
-from cxr.datasets.chexpert import has_chexpert_csv, looks_like_chexpert, read_chexpert
 from cxr.datasets.csv_table import NoPatientColumnWarning, read_csv_table
 from cxr.datasets.folders import SPLIT_FOLDER_NAMES, patient_from_name, read_class_folders
 from cxr.datasets.image_list import read_image_list

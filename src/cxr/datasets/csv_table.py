@@ -22,7 +22,7 @@ from collections.abc import Container, Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.datasets._common import (
+from cxr.datasets.common import (
     DatasetError,
     as_path_str,
     column_key,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from cxr.datasets._common import (
+from cxr.datasets.common import (
     DatasetError,
     as_path_str,
     column_key,

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from cxr.datasets._common import (
+from cxr.datasets.common import (
     DatasetError,
     as_path_str,
     join_paths,

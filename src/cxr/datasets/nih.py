@@ -25,7 +25,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from cxr.datasets._common import (
+from cxr.datasets.common import (
     DatasetError,
     as_path_str,
     column_key,

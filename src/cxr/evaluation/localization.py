@@ -24,6 +24,9 @@ Sources of truth:
   original 1024x1024 pixel frame and rescaled to the image's real size (the 512x512
   copies of ``nih14-sample`` get halved boxes).
 
+The measures are in :mod:`cxr.evaluation.heatmap_measures`, the masks and boxes in
+:mod:`cxr.evaluation.finding_locations`.
+
 Research use only: good localisation on phantoms does not make a heatmap a finding.
 """
 
@@ -40,17 +43,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from cxr import RESEARCH_NOTICE
-from cxr.choices import FIT_MODES
-from cxr.images import IMAGE_SUFFIXES, ImageReadError
+from cxr.evaluation.finding_locations import (
+    BOX_COLUMNS,
+    box_mask,
+    find_nih_boxes,
+    nih_items,
+    phantom_items,
+    phantom_masks,
+    read_nih_boxes,
+)
+from cxr.evaluation.heatmap_measures import (
+    heatmap_iou,
+    heatmap_peak,
+    heatmap_to_image,
+    peak_distance,
+    pointing_game,
+)
+from cxr.images import ImageReadError
 from cxr.labels import canonical_label
+
+_PathLike = str | os.PathLike[str]
 
 __all__ = [
     "BOX_COLUMNS",
     "LocalizationReport",
     "box_mask",
+    "find_nih_boxes",
     "heatmap_iou",
     "heatmap_peak",
     "heatmap_to_image",
@@ -61,281 +81,7 @@ __all__ = [
     "read_nih_boxes",
 ]
 
-#: Columns of :func:`read_nih_boxes`' frame.
-BOX_COLUMNS: tuple[str, ...] = ("image", "label", "x", "y", "w", "h")
-NIH_FRAME = 1024
-_BOX_FILES = ("BBox_List_2017.csv.gz", "BBox_List_2017.csv")
-_PathLike = str | os.PathLike[str]
 
-
-# measures ------------------------------------------------------------------------------------
-def _pair(heatmap: np.ndarray, mask: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
-    heatmap = np.asarray(heatmap, dtype=np.float32)
-    mask = np.asarray(mask).astype(bool)
-    if heatmap.ndim != 2 or heatmap.shape != mask.shape:
-        raise ValueError(
-            f"{where}: heatmap {heatmap.shape} and mask {mask.shape} must be 2-D and "
-            "the same shape; map the heatmap to the mask's frame (heatmap_to_image)"
-        )
-    if not mask.any():
-        raise ValueError(f"{where}: the mask is empty (no finding pixel); leave this pair out")
-    return heatmap, mask
-
-
-def pointing_game(
-    heatmaps: Sequence[np.ndarray] | np.ndarray,
-    masks: Sequence[np.ndarray] | np.ndarray,
-    tolerance: float = 0.0,
-) -> np.ndarray:
-    """Hit (True) where the heatmap's peak lies in the mask: bool (N,).
-
-    Args:
-        heatmaps: N float maps (N, H, W) or a list of (H_i, W_i) maps.
-        masks: N bool (or 0/1, 0/255) masks of the same shapes, none empty.
-        tolerance: a peak within this many pixels (Euclidean, pixel centres) of a mask
-            pixel is a hit too; 0 = strictly inside.
-
-    The peak is :func:`heatmap_peak`'s; a constant heatmap (no peak, e.g. all zeros)
-    counts as a miss.
-    """
-    if len(heatmaps) != len(masks):
-        raise ValueError(f"pointing_game: {len(heatmaps)} heatmaps but {len(masks)} masks")
-    if not math.isfinite(float(tolerance)) or tolerance < 0:
-        raise ValueError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}")
-    return np.array(
-        [
-            peak_distance(h, m, f"pointing_game item {i}") <= tolerance
-            for i, (h, m) in enumerate(zip(heatmaps, masks, strict=True))
-        ],
-        dtype=bool,
-    )
-
-
-def peak_distance(heatmap: np.ndarray, mask: np.ndarray, where: str = "peak_distance") -> float:
-    """Distance in pixels from the heatmap's peak to the nearest mask pixel: 0 inside the
-    mask, ``inf`` for a constant heatmap (no peak). Same shapes, mask not empty."""
-    heatmap, mask = _pair(heatmap, mask, where)
-    peak = heatmap_peak(heatmap)
-    if peak is None:
-        return math.inf
-    if mask[peak]:
-        return 0.0
-    pts = np.argwhere(mask)
-    return float(np.sqrt(((pts - np.asarray(peak)) ** 2).sum(axis=1).min()))
-
-
-def heatmap_peak(heatmap: np.ndarray) -> tuple[int, int] | None:
-    """(row, col) of a heatmap's peak, or None for a constant map.
-
-    Where several pixels share the maximum (within 1e-6 of the map's range; e.g. the flat
-    border an upsampled coarse map has, or two pixels equally near a grid node), the peak
-    is the tied pixel nearest to their centroid (the first in row-major order among
-    equally near ones), not an arbitrary corner of the plateau.
-    """
-    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=-np.inf, posinf=np.inf)
-    finite = h[np.isfinite(h)]
-    if finite.size == 0 or finite.max() <= finite.min():
-        return None
-    hi, lo = float(finite.max()), float(finite.min())
-    tied = np.argwhere(h >= hi - 1e-6 * (hi - lo))
-    if len(tied) == 1:
-        return int(tied[0, 0]), int(tied[0, 1])
-    d = ((tied - tied.mean(axis=0)) ** 2).sum(axis=1)
-    r, c = tied[int(np.argmin(d))]
-    return int(r), int(c)
-
-
-def heatmap_iou(
-    heatmap: np.ndarray, mask: np.ndarray, threshold: float = 0.5, quantile: float | None = None
-) -> float:
-    """IoU in [0, 1] of ``heatmap >= t`` with ``mask``.
-
-    ``t = threshold * max(heatmap)`` (``threshold`` in (0, 1]); with ``quantile`` in
-    (0, 1), ``t`` is that quantile of the heatmap's values instead. A constant heatmap
-    (nothing above its minimum) gives 0.
-    """
-    heatmap, mask = _pair(heatmap, mask, "heatmap_iou")
-    heatmap = np.nan_to_num(heatmap, nan=0.0)
-    lo, hi = float(heatmap.min()), float(heatmap.max())
-    if hi <= lo:
-        return 0.0
-    if quantile is not None:
-        if not 0.0 < float(quantile) < 1.0:
-            raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
-        t = float(np.quantile(heatmap, float(quantile)))
-    else:
-        if not 0.0 < float(threshold) <= 1.0:
-            raise ValueError(
-                f"threshold must be a fraction of the maximum in (0, 1], got {threshold!r}"
-            )
-        t = float(threshold) * hi
-    region = heatmap >= t
-    union = np.logical_or(region, mask).sum()
-    return float(np.logical_and(region, mask).sum() / union) if union else 0.0
-
-
-def heatmap_to_image(
-    heatmap: np.ndarray, image_shape: tuple[int, int], fit: str = "pad"
-) -> np.ndarray:
-    """Map a heatmap on the model's square input grid (S, S) to the original image's frame.
-
-    Args:
-        heatmap: float (S, S), as :func:`cxr.explain.grad_cam` gives it.
-        image_shape: (H, W) of the original image, in pixels.
-        fit: how the image was fitted into the square (:func:`cxr.images.fit_square`):
-            ``pad`` (the image's area is cut out of the padded square) or ``crop`` (the
-            central square of side min(H, W) is covered; the cropped sides get 0).
-
-    Returns float32 (H, W), resized bilinearly (antialiased when shrinking).
-    """
-    heatmap = np.asarray(heatmap, dtype=np.float32)
-    if heatmap.ndim != 2 or heatmap.shape[0] != heatmap.shape[1]:
-        raise ValueError(f"heatmap must be square (S, S), got {heatmap.shape}")
-    if fit not in FIT_MODES:
-        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
-    h, w = (int(v) for v in image_shape)
-    if h < 1 or w < 1:
-        raise ValueError(f"image_shape must be positive (H, W), got {image_shape!r}")
-    s = heatmap.shape[0]
-    if fit == "pad":  # same geometry as cxr.images.fit_square
-        scale = s / max(w, h)
-        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-        x0, y0 = (s - new_w) // 2, (s - new_h) // 2
-        return _resize(heatmap[y0 : y0 + new_h, x0 : x0 + new_w], (h, w))
-    side = min(h, w)
-    out = np.zeros((h, w), dtype=np.float32)
-    top, left = (h - side) // 2, (w - side) // 2
-    out[top : top + side, left : left + side] = _resize(heatmap, (side, side))
-    return out
-
-
-def _resize(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if a.shape == tuple(shape):
-        return a.astype(np.float32, copy=True)
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-    shrink = shape[0] < a.shape[0] or shape[1] < a.shape[1]
-    return F.interpolate(
-        t, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrink
-    )[0, 0].numpy()
-
-
-# truth: phantom masks and NIH boxes ---------------------------------------------------------
-def phantom_masks(phantom_dir: _PathLike, image_name: str, label: str) -> np.ndarray | None:
-    """The planted finding's mask of a phantom: bool (H, W), or None when that image does not
-    carry ``label`` (no mask file).
-
-    Args:
-        phantom_dir: a folder written by :func:`cxr.synth.generate_phantoms`.
-        image_name: the image's file name or path (only the name is used).
-        label: a finding name (any spelling :func:`cxr.labels.canonical_label` knows).
-    """
-    from PIL import Image
-
-    masks = Path(phantom_dir) / "masks"
-    if not masks.is_dir():
-        raise ValueError(
-            f"{phantom_dir} holds no masks/ folder; pass a folder written by "
-            "`cxr synth` / cxr.synth.generate_phantoms"
-        )
-    path = masks / f"{Path(str(image_name)).stem}_{canonical_label(label)}.png"
-    if not path.is_file():
-        return None
-    with Image.open(path) as img:
-        return np.asarray(img.convert("L")) > 127
-
-
-def read_nih_boxes(path: _PathLike) -> pd.DataFrame:
-    """Read NIH's ``BBox_List_2017.csv(.gz)``: DataFrame with columns ``image`` (file name),
-    ``label`` (canonical, e.g. ``Infiltrate`` -> ``Infiltration``), ``x``, ``y``, ``w``, ``h``
-    (float64, pixels of the original 1024x1024 frame; x, y the top-left corner).
-
-    The file's header is ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` (the box split over
-    four oddly named columns, two empty ones after); columns are taken by position.
-    """
-    import csv
-    import gzip
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"box file {path} does not exist; pass NIH's BBox_List_2017.csv.gz")
-    try:
-        with open(path, "rb") as fh:
-            packed = fh.read(2) == b"\x1f\x8b"
-        opener = gzip.open if packed else open
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
-            rows = [row for row in csv.reader(fh) if any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as err:
-        raise ValueError(f"box file {path} cannot be read as CSV: {err}") from None
-    if not rows or rows[0][0].strip().lower() != "image index":
-        raise ValueError(
-            f"box file {path}: the first column must be 'Image Index' (NIH's "
-            "BBox_List_2017 layout: Image Index, Finding Label, x, y, w, h)"
-        )
-    short = [i for i, row in enumerate(rows[1:]) if len(row) < 6]
-    if short:
-        raise ValueError(
-            f"box file {path}, line {short[0] + 2}: fewer than 6 fields "
-            "(Image Index, Finding Label, x, y, w, h)"
-        )
-    raw = pd.DataFrame([[c.strip() for c in row[:6]] for row in rows], dtype=str)
-    body = raw.iloc[1:, :6].copy()
-    body.columns = list(BOX_COLUMNS)
-    out = pd.DataFrame(
-        {
-            "image": body["image"].str.strip(),
-            "label": [canonical_label(v) if v.strip() else "" for v in body["label"]],
-        }
-    )
-    for col in ("x", "y", "w", "h"):
-        values = pd.to_numeric(body[col].str.strip(), errors="coerce")
-        bad = values.isna().to_numpy() | ~np.isfinite(values.to_numpy(dtype=float))
-        if col in ("w", "h"):
-            bad |= values.to_numpy(dtype=float) <= 0
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"box file {path}, line {row + 2}: column {col} holds "
-                f"{body[col].iloc[row]!r}, not a {'positive ' if col in 'wh' else ''}"
-                "number"
-            )
-        out[col] = values.to_numpy(dtype=np.float64)
-    if (out["image"] == "").any() or (out["label"] == "").any():
-        row = int(np.flatnonzero(((out["image"] == "") | (out["label"] == "")).to_numpy())[0])
-        raise ValueError(f"box file {path}, line {row + 2}: empty image name or label")
-    return out.reset_index(drop=True)
-
-
-def box_mask(
-    box: Sequence[float] | pd.Series,
-    image_size: int | tuple[int, int],
-    original: int | tuple[int, int] = NIH_FRAME,
-) -> np.ndarray:
-    """bool (H, W) mask of a box ``(x, y, w, h)`` given in an ``original`` frame (side, or
-    (H0, W0); NIH: 1024), rescaled to an image of ``image_size`` (side, or (H, W)).
-
-    A pixel is inside when its centre is; a box smaller than a pixel marks the pixel that
-    holds its centre. Parts outside the image are dropped.
-    """
-    if isinstance(box, pd.Series):
-        box = [box["x"], box["y"], box["w"], box["h"]]
-    x, y, w, h = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise ValueError(f"box must be finite (x, y, w, h) with w, h > 0, got {tuple(box)}")
-    H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
-    H0, W0 = (original, original) if isinstance(original, int) else original
-    sx, sy = W / W0, H / H0
-    x0, x1, y0, y1 = x * sx, (x + w) * sx, y * sy, (y + h) * sy
-    cols = np.arange(W) + 0.5
-    rows = np.arange(H) + 0.5
-    mask = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
-    if not mask.any():
-        cy, cx = int((y0 + y1) / 2), int((x0 + x1) / 2)
-        if 0 <= cy < H and 0 <= cx < W:
-            mask[cy, cx] = True
-    return mask
-
-
-# report ----------------------------------------------------------------------------------
 @dataclass
 class LocalizationReport:
     """Pointing game and IoU per label.
@@ -415,64 +161,6 @@ class LocalizationReport:
         return {"json": js, "csv": csv}
 
 
-def find_nih_boxes(source: Path) -> Path | None:
-    """NIH's ``BBox_List_2017.csv(.gz)`` in ``source``, its parent or their
-    ``nih14-metadata`` folders; None when there is none."""
-    for folder in (
-        source,
-        source.parent,
-        source / "nih14-metadata",
-        source.parent / "nih14-metadata",
-    ):
-        for name in _BOX_FILES:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
-def _phantom_items(source: Path, labels: Sequence[str]) -> list[tuple[Path, str, np.ndarray]]:
-    from cxr.synth import table_from_dir
-
-    table = table_from_dir(source)
-    items = []
-    for j, label in enumerate(table.pathologies):
-        if label not in labels:
-            continue
-        for path, value in zip(table.paths, table.labels[:, j], strict=True):
-            if value == 1:
-                mask = phantom_masks(source, path, label)
-                if mask is not None and mask.any():
-                    items.append((Path(path), label, mask))
-    return items
-
-
-def _nih_items(
-    source: Path, boxes_path: Path, labels: Sequence[str]
-) -> list[tuple[Path, str, np.ndarray]]:
-    from PIL import Image
-
-    boxes = read_nih_boxes(boxes_path)
-    folders = [source / "images", source] if (source / "images").is_dir() else [source]
-    found: dict[str, Path] = {}
-    for folder in folders:
-        for p in folder.iterdir():
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in found:
-                found[p.name] = p
-    grouped: dict[tuple[str, str], np.ndarray] = {}
-    images: list[str] = boxes["image"].tolist()
-    box_labels: list[str] = boxes["label"].tolist()
-    xywh: list[list[float]] = boxes[["x", "y", "w", "h"]].to_numpy(dtype=np.float64).tolist()
-    for image, label, box in zip(images, box_labels, xywh, strict=True):
-        if label not in labels or image not in found:
-            continue
-        with Image.open(found[image]) as img:
-            w, h = img.size
-        m = box_mask(box, (h, w), NIH_FRAME)
-        key = (image, label)
-        grouped[key] = grouped[key] | m if key in grouped else m
-    return [(found[img], label, m) for (img, label), m in grouped.items() if m.any()]
-
-
 def localization_report(
     model_file: Any,
     source: _PathLike,
@@ -538,7 +226,7 @@ def localization_report(
                 f"{list(spec.labels)}"
             )
     if (source / "labels.csv").is_file() and (source / "masks").is_dir():
-        kind, items = "phantoms", _phantom_items(source, wanted)
+        kind, items = "phantoms", phantom_items(source, wanted)
         truth = str(source / "masks")
     else:
         box_file = Path(boxes) if boxes is not None else find_nih_boxes(source)
@@ -547,7 +235,7 @@ def localization_report(
                 f"{source} is not a phantom folder (no labels.csv + masks/) and no "
                 "BBox_List_2017.csv.gz was found near it; pass --boxes/boxes="
             )
-        kind, items = "NIH boxes", _nih_items(source, box_file, wanted)
+        kind, items = "NIH boxes", nih_items(source, box_file, wanted)
         truth = str(box_file)
     if labels is None:
         wanted = [n for n in wanted if any(it[1] == n for it in items)]

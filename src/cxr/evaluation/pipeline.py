@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr.evaluation.predictions import Predictions, align, read_predictions, write_predictions
+from cxr.evaluation.alignment import align
+from cxr.evaluation.predictions import Predictions, read_predictions, write_predictions
 from cxr.evaluation.scoring import EvaluationReport, evaluate
 from cxr.evaluation.thresholds import Thresholds, choose_thresholds
 from cxr.table import LabelTable

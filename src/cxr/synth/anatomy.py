@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from cxr.synth.config import _F32, NORMAL_CTR
+from cxr.synth.config import F32, NORMAL_CTR
 
 
 # anatomy ----------------------------------------------------------------------------------
@@ -115,10 +115,10 @@ def sample_anatomy(rng: np.random.Generator) -> PatientAnatomy:
 # rendering helpers -------------------------------------------------------------------------
 def _value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth noise (size, size), unit-ish variance, about ``cells`` bumps across."""
-    g = rng.standard_normal((cells + 2, cells + 2)).astype(_F32)
+    g = rng.standard_normal((cells + 2, cells + 2)).astype(F32)
     off = rng.uniform(0, 1, 2)
-    t = (np.arange(size, dtype=_F32) + 0.5) * (cells / size)
-    ty, tx = t + _F32(off[0]), t + _F32(off[1])
+    t = (np.arange(size, dtype=F32) + 0.5) * (cells / size)
+    ty, tx = t + F32(off[0]), t + F32(off[1])
     return _interp_matrix(ty, cells + 2) @ g @ _interp_matrix(tx, cells + 2).T
 
 
@@ -127,7 +127,7 @@ def _interp_matrix(t: np.ndarray, n: int) -> np.ndarray:
     i = t.astype(np.int64)
     f = t - i
     f = f * f * (3 - 2 * f)
-    w = np.zeros((len(t), n), dtype=_F32)
+    w = np.zeros((len(t), n), dtype=F32)
     rows = np.arange(len(t))
     w[rows, i] = 1 - f
     w[rows, i + 1] = f
@@ -148,8 +148,8 @@ def _lung_F(an: PatientAnatomy, side: int, u, v):
     """Implicit lung outline: < 1 inside, ~ (distance / 0.33) outside the edge."""
     du = u - side * an.lung_cx
     dv = v - an.lung_cy
-    a = np.where(du * side > 0, _F32(an.lung_a_lat), _F32(an.lung_a_med))
-    b = np.where(dv < 0, _F32(an.lung_b_up), _F32(1.25))
+    a = np.where(du * side > 0, F32(an.lung_a_lat), F32(an.lung_a_med))
+    b = np.where(dv < 0, F32(an.lung_b_up), F32(1.25))
     p = an.lung_p
     s = (np.abs(du / a) ** p + np.abs(dv / b) ** p) ** (1.0 / p)
     return np.maximum(s, 1 + (v - _dome(an, side, u)) / 0.33)

@@ -25,7 +25,7 @@ ENLARGED_CTR: tuple[float, float] = (0.55, 0.68)
 MASS_DIAMETER: tuple[float, float] = (0.08, 0.15)
 NODULE_DIAMETER: tuple[float, float] = (0.04, 0.075)
 
-_F32 = np.float32
+F32 = np.float32
 
 
 # configuration --------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from cxr.synth.anatomy import (
     _value_noise,
 )
 from cxr.synth.config import (
-    _F32,
     ENLARGED_CTR,
+    F32,
     MASS_DIAMETER,
     NODULE_DIAMETER,
     SYNTH_LABELS,
@@ -96,12 +96,12 @@ def render_phantom_details(
     }
 
     # grid in body coordinates
-    c = (np.arange(size, dtype=_F32) + 0.5) * _F32(2.0 / size) - 1
-    x = c[None, :] - _F32(an.cx)
-    y = c[:, None] - _F32(an.cy)
-    ct, st = _F32(math.cos(an.tilt)), _F32(math.sin(an.tilt))
-    u = (x * ct + y * st) / _F32(an.scale * an.aspect)
-    v = (-x * st + y * ct) / _F32(an.scale)
+    c = (np.arange(size, dtype=F32) + 0.5) * F32(2.0 / size) - 1
+    x = c[None, :] - F32(an.cx)
+    y = c[:, None] - F32(an.cy)
+    ct, st = F32(math.cos(an.tilt)), F32(math.sin(an.tilt))
+    u = (x * ct + y * st) / F32(an.scale * an.aspect)
+    v = (-x * st + y * ct) / F32(an.scale)
     px = 2.0 / size / an.scale  # one pixel in body units
     au = np.abs(u)
 
@@ -278,11 +278,11 @@ def render_phantom_details(
     r = img_rng.uniform
     # film-like characteristic curve: a sigmoid of the density, per-image exposure
     k, mid, gamma = r(5.0, 6.5), r(0.36, 0.41), r(0.9, 1.1)
-    low = _value_noise(img_rng, size, 4) * _F32(r(0.01, 0.025))
+    low = _value_noise(img_rng, size, 4) * F32(r(0.01, 0.025))
     lo, hi = 1 / (1 + math.exp(k * mid)), 1 / (1 + math.exp(-k * (1.05 - mid)))
-    img = (1 / (1 + np.exp(-k * (dens + low - mid))) - lo) * _F32(1 / (hi - lo))
+    img = (1 / (1 + np.exp(-k * (dens + low - mid))) - lo) * F32(1 / (hi - lo))
     img = 0.03 + 0.95 * np.clip(img, 0, 1) ** gamma
-    img = img + img_rng.standard_normal((size, size), dtype=_F32) * _F32(r(0.006, 0.016))
+    img = img + img_rng.standard_normal((size, size), dtype=F32) * F32(r(0.006, 0.016))
     image = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
     # masks -----------------------------------------------------------------------------
