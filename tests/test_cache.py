@@ -218,6 +218,20 @@ def test_not_a_cache_folder(tmp_path):
         PreparedCache(tmp_path)
 
 
+def test_pixels_of_another_type_or_shape_are_refused_by_name(tmp_path, good):
+    prepare(table_of(good), tmp_path / "c", SIZE, workers=1, progress=False)
+    pixels = tmp_path / "c" / "pixels.npy"
+    np.save(pixels, np.zeros((12, SIZE, SIZE), np.float32))
+    with pytest.raises(CacheError, match=r"pixels\.npy holds float32 .*not uint8"):
+        PreparedCache(tmp_path / "c")
+    np.save(pixels, np.zeros((12, SIZE + 1, SIZE + 1), np.uint8))
+    with pytest.raises(CacheError, match="pixels.npy holds uint8"):
+        PreparedCache(tmp_path / "c")
+    pixels.write_bytes(b"not numpy")
+    with pytest.raises(CacheError, match="pixels.npy is not a readable numpy array"):
+        PreparedCache(tmp_path / "c")
+
+
 def test_real_nih_fullres(tmp_path, shared_datasets):
     folder = shared_datasets / "nih14-fullres" / "images"
     paths = sorted(str(p) for p in folder.glob("*.png"))

@@ -34,16 +34,27 @@ import numpy as np
 import pandas as pd
 
 from cxr.images import FIT_MODES, ImageReadError, load_for_cache
+from cxr.prepared_cache import (
+    FORMAT_VERSION,
+    PENDING,
+    REJECTED,
+    STORED,
+    CacheError,
+    PreparedCache,
+)
 from cxr.table import LabelTable
 
-FORMAT_VERSION = 1
-PENDING, STORED, REJECTED = 0, 1, 2
+__all__ = [
+    "CacheError",
+    "PrepareSettings",
+    "PrepareSummary",
+    "PreparedCache",
+    "file_stamps",
+    "prepare",
+]
+
 _CHUNK = 32  # images per worker task
 _CHECKPOINT_SECONDS = 2.0
-
-
-class CacheError(RuntimeError):
-    """A cache folder that cannot be used as asked (settings or inputs differ, incomplete...)."""
 
 
 @dataclass(frozen=True)
@@ -415,57 +426,3 @@ def _decode(table, pixels_path, settings, status, reasons, pending, out_dir, wor
         bar.close()
         _W.clear()
     return done
-
-
-# reading ------------------------------------------------------------------------------
-class PreparedCache:
-    """A complete cache folder opened for reading.
-
-    Attributes:
-        table: the label table of the stored (accepted) images only, M rows.
-        rows: int64 (M,), the row of ``pixels`` holding each table row.
-        pixels: read-only memory map, uint8 (N, size, size), N >= M.
-        size, fit: the settings the cache was built with.
-        manifest: the parsed manifest.json.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        manifest_path = self.path / "manifest.json"
-        if not manifest_path.is_file():
-            raise CacheError(
-                f"{self.path} is not a prepared cache (no manifest.json); run `cxr prepare` first"
-            )
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise CacheError(
-                f"{self.path} has cache format {self.manifest.get('format_version')}, "
-                f"this cxr reads format {FORMAT_VERSION}; prepare it again"
-            )
-        if self.manifest.get("state") != "complete":
-            raise CacheError(
-                f"the cache in {self.path} is incomplete (an interrupted prepare); "
-                "run the same `cxr prepare` command again to finish it"
-            )
-        full = LabelTable.read_csv(self.path / "labels.csv")
-        status = np.load(self.path / "status.npy")
-        self.pixels = np.load(self.path / "pixels.npy", mmap_mode="r")
-        if self.pixels.shape[0] != len(full) or len(status) != len(full):
-            raise CacheError(
-                f"{self.path}: pixels.npy, status.npy and labels.csv disagree in length"
-            )
-        self.rows = np.flatnonzero(status == STORED)
-        self.table = full.subset(self.rows)
-        self.size = int(self.manifest["size"])
-        self.fit = str(self.manifest["fit"])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Images of the given table rows: uint8 (B, size, size), a copy (no decoding)."""
-        return self.pixels[self.rows[np.asarray(indices, dtype=np.int64)]]
-
-    def labels(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """float32 (B, L) labels of the given table rows (NaN = unknown)."""
-        return self.table.labels[np.asarray(indices, dtype=np.int64)]

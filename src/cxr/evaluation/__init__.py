@@ -15,6 +15,7 @@ Research use only: the figures describe a model, they are not a diagnosis.
 """
 
 from cxr.evaluation.comparison import ComparisonReport, compare
+from cxr.evaluation.label_results import fmt
 from cxr.evaluation.pipeline import (
     Evaluation,
     EvaluationError,
@@ -24,7 +25,7 @@ from cxr.evaluation.pipeline import (
     load_labels,
 )
 from cxr.evaluation.predictions import Predictions, read_predictions, write_predictions
-from cxr.evaluation.scoring import EvaluationReport, evaluate, evaluate_with_validation, fmt
+from cxr.evaluation.scoring import EvaluationReport, evaluate, evaluate_with_validation
 from cxr.evaluation.thresholds import Thresholds, choose_thresholds
 
 __all__ = [

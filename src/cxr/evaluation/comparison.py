@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cxr import RESEARCH_NOTICE, __version__
-from cxr.evaluation.scoring import check_inputs, fmt, json_safe
+from cxr.evaluation.label_results import fmt, json_safe
+from cxr.evaluation.scoring import check_inputs
 from cxr.evaluation.significance import bootstrap_auc_diff_ci, delong_test
 
 __all__ = ["ComparisonReport", "ComparisonRow", "compare"]

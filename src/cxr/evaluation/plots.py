@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 
 from cxr import RESEARCH_NOTICE
 from cxr.evaluation.comparison import ComparisonRow
+from cxr.evaluation.label_results import LabelCurves
 from cxr.evaluation.metrics import ReliabilityBins
-from cxr.evaluation.scoring import LabelCurves
 
 DPI = 110
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from cxr import RESEARCH_NOTICE
 from cxr.evaluation.comparison import ComparisonReport
+from cxr.evaluation.label_results import NO_THRESHOLDS, LabelCurves, fmt
 from cxr.evaluation.plots import auc_diff_png, pr_all_png, reliability_png, roc_all_png, roc_png
-from cxr.evaluation.scoring import NO_THRESHOLDS, EvaluationReport, LabelCurves, fmt
+from cxr.evaluation.scoring import EvaluationReport
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
