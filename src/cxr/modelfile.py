@@ -197,11 +197,20 @@ def _read_raw(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise ModelFileError(path, "not a safetensors model file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise ModelFileError(path, "not a safetensors model file (header is not a JSON object)")
-    ends = [
-        v.get("data_offsets", [0, 0])[1]
-        for k, v in header.items()
-        if k != "__metadata__" and isinstance(v, dict)
-    ]
+    ends = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in offsets)
+        ):
+            raise ModelFileError(
+                path, f"bad header: tensor {name!r} has no valid data_offsets [start, end]"
+            )
+        ends.append(offsets[1])
     needed = 8 + n + max(ends, default=0)
     if needed > len(raw):
         raise ModelFileError(
@@ -209,13 +218,18 @@ def _read_raw(path: Path) -> tuple[bytes, dict[str, Any]]:
             f"truncated: its tensors need {needed} bytes but the file has {len(raw)}; "
             "copy it again",
         )
-    text = (header.get("__metadata__") or {}).get(_META_KEY)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ModelFileError(path, "bad header: __metadata__ is not a JSON object")
+    text = metadata.get(_META_KEY)
     if text is None:
         raise ModelFileError(
             path,
             "not a cxr model file: a safetensors file without cxr metadata "
             "(save models with cxr.modelfile.save_model)",
         )
+    if not isinstance(text, str):
+        raise ModelFileError(path, f"bad header: __metadata__.{_META_KEY} is not a string")
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -371,6 +385,11 @@ def load_model(
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise ModelFileError(path, f"its weights lack {leftover[:5]}")
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelFileError(
+            path, f"its weights hold NaN or infinite values (e.g. {bad[0]}); use an intact model"
+        )
     model = model.to(device).eval()
     return LoadedModel(model, info.spec, info.thresholds, info.training, info.cxr_version, path)
 

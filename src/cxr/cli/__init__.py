@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from cxr import RESEARCH_NOTICE, __version__
 from cxr.cli import data, demo, evaluate, predict, train
@@ -46,11 +48,37 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (CLIError, CacheError, TrainError, ModelFileError, ImageReadError, ValueError, OSError)
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that Python's exit flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. captured)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def one_line(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        text = " ".join(str(message).split())
+        print(f"cxr {args.command}: warning: {text}", file=sys.stderr)
+
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            return int(args.func(args))
+    except BrokenPipeError:  # `cxr ... | head`: the reader left; end quietly
+        _quiet_stdout()
+        return EXIT_OK
     except _user_errors() as err:
         if os.environ.get("CXR_DEBUG"):
             raise

@@ -51,15 +51,30 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_fields(p: argparse._ArgumentGroup, cls, prefix: str = "") -> None:
+#: Augmentation flags, with their units.
+_AUGMENT_HELP = {
+    "rotate": "largest rotation, in degrees (uniform in [-ROTATE, ROTATE])",
+    "scale": "largest relative zoom, a fraction (uniform in [1 - SCALE, 1 + SCALE])",
+    "translate": "largest shift, a fraction of the image side",
+    "hflip": "flip left-right with probability 0.5 (off by default: the heart is on the left)",
+    "brightness": "largest additive change of the [0, 1] intensities",
+    "contrast": "largest relative change of the contrast around the image mean, a fraction",
+    "enabled": "augmentation on (--no-augment-enabled turns all of it off)",
+}
+
+
+def _add_fields(p: argparse._ArgumentGroup, cls: type, prefix: str = "") -> None:
     defaults = cls()
+    helps = _AUGMENT_HELP if prefix == "augment_" else _HELP
     for f in dataclasses.fields(cls):
         if f.name == "augment":
             continue
         dest = prefix + f.name
         default = getattr(defaults, f.name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        text = _HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {shown})"
+        text = helps.get(f.name, f.name.replace("_", " "))
+        if default is not None:  # None defaults are described in the help text itself
+            text += f" (default: {shown})"
         if isinstance(default, bool):
             p.add_argument(
                 _flag(dest),

@@ -139,7 +139,17 @@ class Predictor:
             self.probabilities(np.ascontiguousarray(images[start : start + self.batch_size]))
             for start in range(0, len(images), self.batch_size)
         ]
-        return self.backend.to_numpy(out)
+        return self._finite(self.backend.to_numpy(out))
+
+    def _finite(self, probs: np.ndarray) -> np.ndarray:
+        """``probs`` when all are finite; else a ValueError naming the model (a damaged or
+        forged file computes NaN, which must never be shown as a table)."""
+        if probs.size and not np.isfinite(probs).all():
+            raise ValueError(
+                f"the model {self.path} computed NaN or infinite probabilities; the file is "
+                "damaged or was edited; use an intact model"
+            )
+        return probs
 
     def probabilities(self, pixels: Any) -> Any:
         """float32 (B, L) probabilities of uint8 pixels (B, S, S), averaged over the TTA
@@ -189,7 +199,7 @@ class Predictor:
             for pixels, _ in batches:
                 out.append(self.probabilities(pixels))
                 bar.update(len(pixels))
-        return self.backend.to_numpy(out)
+        return self._finite(self.backend.to_numpy(out))
 
     def predict_paths(
         self, paths: Sequence[_PathLike], progress: bool = False

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -188,6 +189,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             data: object = load_file(str(path), device="cpu")
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise PretrainedWeightsError(
+            f"could not read weights file {path}: it holds pickled objects other than tensors, "
+            "and cxr never unpickles code. Save a state dict (torch.save(model.state_dict()"
+            ", FILE)) or a .safetensors file."
+        ) from None
     except Exception as exc:  # any reader failure becomes one clear error
         raise PretrainedWeightsError(
             f"could not read weights file {path}: {type(exc).__name__}: {exc}. It must be a "

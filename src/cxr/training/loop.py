@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,17 @@ def resume(
     config = TrainConfig.load(run_dir / "config.yaml")
     meta = json.loads((run_dir / "run.json").read_text())
     info = dd.setup(config.device)
-    state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise TrainError(
+            f"{run_dir / 'state.pt'} holds pickled objects other than tensors and plain values; "
+            "cxr never unpickles code, so it cannot resume from it; start a new run"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise TrainError(
+            f"{run_dir / 'state.pt'} cannot be read ({type(err).__name__}); start a new run"
+        ) from None
     if state.get("version") != STATE_VERSION:
         raise TrainError(
             f"{run_dir / 'state.pt'} was written by another cxr version; start a new run"
