@@ -249,3 +249,15 @@ def test_frontal_lateral_from_file_name_when_column_absent(tmp_path):
     with pytest.raises(DatasetError, match="says neither frontal nor lateral"):
         read_chexpert(root)
     assert len(read_chexpert(root, frontal_only=False)) == 8
+
+
+def test_a_repeated_chexpert_row_is_refused(tmp_path):
+    root = tmp_path / "CheXpert-v1.0-small"
+    root.mkdir()
+    header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_COLUMNS)
+    row = "CheXpert-v1.0-small/train/patient1/study1/view1_frontal.jpg,F,50,Frontal,AP" + (
+        ",1.0" * len(CHEXPERT_COLUMNS)
+    )
+    (root / "train.csv").write_text(f"{header}\n{row}\n{row}\n")
+    with pytest.raises(DatasetError, match="lines 2 and 3: image .*view1_frontal.jpg"):
+        read_chexpert(root)

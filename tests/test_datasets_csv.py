@@ -192,3 +192,14 @@ def test_paths_are_absolute_strings(tmp_path, monkeypatch):
     table = read_csv_table("t.csv")
     assert all(isinstance(p, str) and os.path.isabs(p) for p in table.paths)
     assert table.source == str(tmp_path / "t.csv")
+
+
+@pytest.mark.parametrize("second", ["b.png,0", "a.png,1", "a.png,0", "./a.png,1"])
+def test_an_image_listed_twice_is_refused_naming_both_lines(tmp_path, second):
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"Image,Effusion\na.png,1\nc.png,0\n{second}\n")
+    if second.startswith("b.png"):
+        assert len(read_csv_table(csv)) == 3
+        return
+    with pytest.raises(DatasetError, match=r"lines 2 and 4: image .*a\.png appears more than once"):
+        read_csv_table(csv)

@@ -32,6 +32,7 @@ from cxr.datasets.common import (
     csv_header,
     line_of,
     read_csv_strings,
+    refuse_duplicate_images,
 )
 from cxr.labels import CHEXPERT14_LABELS
 from cxr.table import LabelTable
@@ -195,6 +196,7 @@ def _read_one(
 
     dataset_dir = os.path.dirname(csv_path)
     paths = _image_paths(raw_paths, dataset_dir)
+    refuse_duplicate_images(paths, csv_path)
     patients = []
     for row, p in enumerate(raw_paths.tolist()):
         pid = next((c for c in p.replace("\\", "/").split("/") if _PATIENT.match(c)), None)

@@ -136,6 +136,20 @@ def line_of(row: int) -> int:
     return row + 2
 
 
+def refuse_duplicate_images(keys: Sequence[str], path: str) -> None:
+    """A DatasetError naming the lines of the first image listed twice in the CSV at
+    ``path`` (``keys``: one image path per data row, as resolved), whether the repeated
+    rows agree or not: one image, one row."""
+    seen: dict[str, int] = {}
+    for row, key in enumerate(keys):
+        if key in seen:
+            raise DatasetError(
+                f"{path}, lines {line_of(seen[key])} and {line_of(row)}: image {key} appears "
+                "more than once; keep one row per image"
+            )
+        seen[key] = row
+
+
 def nih_patient(name: str) -> str | None:
     """Patient of an NIH image name: ``00000075_000.png`` -> ``"75"``; None otherwise."""
     m = _NIH_NAME.match(os.path.basename(name))

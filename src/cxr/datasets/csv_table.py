@@ -31,6 +31,7 @@ from cxr.datasets.common import (
     join_paths,
     line_of,
     read_csv_strings,
+    refuse_duplicate_images,
     require_column,
     resolve_relative,
 )
@@ -191,6 +192,7 @@ def read_csv_table(
     else:
         base = resolve_relative(raw_list, csv_dir)
     paths = join_paths(raw_list, base)
+    refuse_duplicate_images(paths, csv_path)
 
     n = len(frame)
     labels_arr = np.empty((n, len(label_cols)), dtype=np.float32)
