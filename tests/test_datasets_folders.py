@@ -159,3 +159,32 @@ def test_real_pediatric_pneumonia(shared_datasets):
     normal = np.array(["/NORMAL/" in p for p in table.paths])
     assert (table.labels[normal, 0] == 0).all() and (table.labels[~normal, 0] == 1).all()
     assert normal.sum() == 924
+
+
+def test_a_normal_image_is_never_merged_with_a_diseased_one(tmp_path):
+    from PIL import Image
+
+    files = {
+        "NORMAL/im1.png": 10,
+        "PNEUMONIA/im1.png": 200,
+        "Mass/p1/a.png": 90,
+        "Nodule/p1/a.png": 90,
+    }
+    for rel, value in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), value, np.uint8)).save(tmp_path / rel)
+    table = read_class_folders(tmp_path)
+    rows = {
+        os.path.relpath(p, tmp_path): dict(zip(table.pathologies, row, strict=True))
+        for p, row in zip(table.paths, table.labels, strict=True)
+    }
+    # the NORMAL image is kept, all 0; the PNEUMONIA image of the same name is its own row
+    assert set(rows) == {
+        os.path.join("NORMAL", "im1.png"),
+        os.path.join("PNEUMONIA", "im1.png"),
+        os.path.join("Mass", "p1", "a.png"),
+    }
+    assert not any(rows[os.path.join("NORMAL", "im1.png")].values())
+    assert rows[os.path.join("PNEUMONIA", "im1.png")] == {"Mass": 0, "Nodule": 0, "Pneumonia": 1}
+    # the documented multi-label layout still merges labelled classes by relative name
+    assert rows[os.path.join("Mass", "p1", "a.png")] == {"Mass": 1, "Nodule": 1, "Pneumonia": 0}

@@ -15,7 +15,9 @@ name.
 
 An image whose path relative to its class folder appears in two class folders of the
 same split (``Mass/p1/a.png`` and ``Nodule/p1/a.png``) is one image with both labels
-(multi-label); its ``path`` is the copy in the first class folder in sorted order.
+(multi-label); its ``path`` is the copy in the first class folder in sorted order. This
+never applies to a no-finding class: its images are always images of their own, even when
+a class folder holds a file of the same relative name.
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ def read_class_folders(
         )
     groups = [(e.name, e.path) for e in split_subs] if split_subs else [("", root_path)]
 
-    # (split, relative path) -> [absolute path, set of labels]
+    # (split, relative path) of a labelled class, or (split, path) of a no-finding image
+    # -> (path, set of labels)
     images: dict[tuple[str, str], tuple[str, set[str]]] = {}
     labels: list[str] = []
     for split_name, folder in groups:
@@ -173,9 +176,12 @@ def read_class_folders(
                 if label not in labels:
                     labels.append(label)
             for rel in _images_under(entry.path):
-                key = (split_name, rel)
+                path = os.path.join(entry.path, rel)
+                # only labelled classes merge by relative name (the multi-label layout): a
+                # no-finding image is its own image, whatever other class folders hold
+                key = (split_name, rel) if label else (split_name, "\0" + path)
                 if key not in images:
-                    images[key] = (os.path.join(entry.path, rel), set())
+                    images[key] = (path, set())
                 if label:
                     images[key][1].add(label)
     if not images:
