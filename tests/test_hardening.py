@@ -154,3 +154,23 @@ def test_broken_pipe_ends_quietly(tmp_path, model_file):
     )
     assert len(proc.stdout.splitlines()) == 2
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_predict_lists_links_to_nothing_loops_and_fifos_as_skipped(tmp_path, model_file):
+    import os
+
+    from PIL import Image
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(folder / "good.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    os.mkfifo(folder / "pipe.png")
+    result = Predictor(model_file).predict_images([folder])
+    skipped = {os.path.basename(it.path): (it.reason, it.detail) for it in result.skipped}
+    assert [os.path.basename(p) for p in result.paths] == ["good.png"]
+    assert skipped["dangling.png"] == ("missing", "a symbolic link to a missing file")
+    assert skipped["loop.png"][0] == "unreadable" and "symbolic links" in skipped["loop.png"][1]
+    assert skipped["pipe.png"] == ("unreadable", "not a regular file (a FIFO)")
+    assert not result.all_succeeded

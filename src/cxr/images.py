@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -160,11 +161,13 @@ def _check_file(path: _PathLike) -> str:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise ImageReadError(path, "missing", "no such file") from None
+        detail = "a symbolic link to a missing file" if os.path.islink(path) else "no such file"
+        raise ImageReadError(path, "missing", detail) from None
     except OSError as err:
         raise ImageReadError(path, "unreadable", f"cannot stat: {err.strerror or err}") from None
-    if not os.path.isfile(path):
-        raise ImageReadError(path, "unreadable", "not a regular file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket, device or folder"
+        raise ImageReadError(path, "unreadable", f"not a regular file ({kind})")
     if st.st_size == 0:
         raise ImageReadError(path, "empty", "file has zero bytes")
     return path
@@ -180,7 +183,8 @@ def _open_pil(path: str) -> Iterator[Image.Image]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageReadError(path, "too-large", str(err)) from None
     except FileNotFoundError:
-        raise ImageReadError(path, "missing", "no such file") from None
+        detail = "a symbolic link to a missing file" if os.path.islink(path) else "no such file"
+        raise ImageReadError(path, "missing", detail) from None
     except UnidentifiedImageError:
         kind, complete = _signature(path)
         if kind is None:

@@ -29,8 +29,10 @@ def list_images(
     path that does not exist is kept too (reported as missing). A folder is searched
     recursively, in sorted path order, for files ending in ``.png .jpg .jpeg .dcm
     .dicom`` (any case) or that are DICOM (``DICM`` at byte 128); hidden files and
-    folders are skipped, and other files are appended to ``ignored`` when given. A file
-    reached twice is listed once.
+    folders are skipped, and other files are appended to ``ignored`` when given. Entries
+    that are not regular files (dangling symbolic links, link loops, FIFOs, sockets) are
+    listed too, so that prediction reports them as skipped with the reason; they are never
+    opened. A file reached twice is listed once.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -48,9 +50,11 @@ def list_images(
         if p.is_dir():
             for child in sorted(p.rglob("*")):
                 rel = child.relative_to(p).parts
-                if any(part.startswith(".") for part in rel) or not child.is_file():
+                if any(part.startswith(".") for part in rel) or child.is_dir():
                     continue
-                if _is_image_file(child):
+                if not child.is_file():  # dangling link, link loop, FIFO, socket, device:
+                    add(child)  # listed, and reported as skipped with the reason
+                elif _is_image_file(child):
                     add(child)
                 elif ignored is not None:
                     ignored.append(child)
