@@ -174,3 +174,41 @@ def test_predict_lists_links_to_nothing_loops_and_fifos_as_skipped(tmp_path, mod
     assert skipped["loop.png"][0] == "unreadable" and "symbolic links" in skipped["loop.png"][1]
     assert skipped["pipe.png"] == ("unreadable", "not a regular file (a FIFO)")
     assert not result.all_succeeded
+
+
+def test_explain_with_the_default_top_k_on_a_two_label_model(tmp_path, model_file, capsys):
+    from PIL import Image
+
+    image = tmp_path / "scan.png"
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(image)
+    code = main(
+        [
+            "predict",
+            str(model_file),
+            str(image),
+            "--explain",
+            str(tmp_path / "cams"),
+            "--no-progress",
+        ]
+    )  # default --top-k 3, the model has 2 labels
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == [
+        "scan_Effusion.png",
+        "scan_Mass.png",
+    ]
+    assert (
+        main(
+            [
+                "predict",
+                str(model_file),
+                str(image),
+                "--explain",
+                str(tmp_path / "c2"),
+                "--top-k",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "--top-k must be 1 or more" in capsys.readouterr().err

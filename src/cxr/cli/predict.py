@@ -69,7 +69,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "--top-k",
         type=int,
         default=3,
-        help="explain the K most probable labels (default: %(default)s)",
+        help="explain the K most probable labels; all of them when the model has fewer "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--explain-labels",
@@ -200,15 +201,15 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from None
     labels = parse_list(args.explain_labels, "--explain-labels")
     if args.explain is not None:
-        n = len(predictor.labels)
         unknown = [x for x in labels or () if x not in predictor.labels]
         if unknown:
             raise CLIError(
                 f"--explain-labels {unknown} are not labels of the model; it "
                 f"has {', '.join(predictor.labels)}"
             )
-        if labels is None and not 1 <= args.top_k <= n:
-            raise CLIError(f"--top-k must be from 1 to {n} (the model's labels), got {args.top_k}")
+        if labels is None and args.top_k < 1:
+            raise CLIError(f"--top-k must be 1 or more, got {args.top_k}")
+    top_k = min(args.top_k, len(predictor.labels))  # a model with fewer labels: all of them
     for path in args.inputs:
         if path.is_dir() and not any(path.iterdir()):
             raise CLIError(f"folder {path} is empty; give image files or folders of images")
@@ -236,9 +237,7 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"cxr predict: skipped {it.path}: {it.reason}: {it.detail}", file=sys.stderr)
     if args.explain is not None and result.predicted:
         try:
-            count = _write_explanations(
-                predictor, result, args.explain, labels, args.top_k, args.method
-            )
+            count = _write_explanations(predictor, result, args.explain, labels, top_k, args.method)
         except (OSError, ImageReadError) as err:
             raise CLIError(f"cannot write explanations to {args.explain}: {err}") from None
         print(
