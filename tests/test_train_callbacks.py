@@ -36,16 +36,21 @@ def test_events_arrive_in_order(phantom_caches_small, tmp_path):
         device="cpu",
         seed=0,
     )
-    recorder, calls = Recorder(), []
+    recorder, calls, printed = Recorder(), [], []
     result = train(
         config,
         c["train"],
         c["val"],
         tmp_path / "run",
         progress=False,
-        echo=lambda s: None,
+        echo=printed.append,
         callbacks=[recorder, lambda e, i: calls.append(e)],
     )
+    # what the run is about to do is printed before the first epoch
+    labels = recorder.events[0][1].labels
+    assert printed[0].startswith("training cxr-small-cnn on cpu (")
+    assert f"{len(labels)} labels ({', '.join(labels)})" in printed[0]
+    assert "pretrained weights: none" in printed[0] and str(tmp_path / "run") in printed[0]
     kinds = [k for k, _ in recorder.events]
     assert kinds[0] == "start" and kinds[-1] == "end"
     assert [v for k, v in recorder.events if k == "epoch"] == [1, 2]

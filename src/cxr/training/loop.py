@@ -252,6 +252,8 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
             torch.set_num_threads(saved_threads)
             if info.is_main:
                 echo(f"using {saved_threads} CPU threads, as the run did before")
+    if info.is_main:
+        echo(_plan_line(config, info, names, train_c, val_c, run_dir, start))
     for cb in callbacks:
         cb.on_start(
             RunStart(
@@ -319,6 +321,30 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         cb.on_end(result)
     dd.teardown(info)
     return result
+
+
+def _plan_line(
+    config: TrainConfig,
+    info: dd.Dist,
+    names: Sequence[str],
+    train_c: PreparedCache,
+    val_c: PreparedCache,
+    run_dir: Path,
+    start: int,
+) -> str:
+    """What the run is about to do, printed before its first step."""
+    where = str(info.device)
+    if info.device.type == "cpu":
+        where += f" ({torch.get_num_threads()} threads)"
+    if info.enabled:
+        where += f", {info.world_size} processes"
+    weights = config.pretrained or "none (random initialisation)"
+    return (
+        f"training {config.backbone} on {where}: {len(train_c)} training and {len(val_c)} "
+        f"validation images at {train_c.size} px ({train_c.fit}), {len(names)} labels "
+        f"({', '.join(names)}); pretrained weights: {weights}; epochs {start + 1} to "
+        f"{config.epochs} into {run_dir}"
+    )
 
 
 def _finish(
