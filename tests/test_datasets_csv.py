@@ -194,10 +194,10 @@ def test_paths_are_absolute_strings(tmp_path, monkeypatch):
     assert table.source == str(tmp_path / "t.csv")
 
 
-@pytest.mark.parametrize("second", ["b.png,0", "a.png,1", "a.png,0", "./a.png,1"])
+@pytest.mark.parametrize("second", ["b.png,0,p2", "a.png,1,p1", "a.png,0,p1", "./a.png,1,p1"])
 def test_an_image_listed_twice_is_refused_naming_both_lines(tmp_path, second):
     csv = tmp_path / "labels.csv"
-    csv.write_text(f"Image,Effusion\na.png,1\nc.png,0\n{second}\n")
+    csv.write_text(f"Image,Effusion,PatientId\na.png,1,p1\nc.png,0,p3\n{second}\n")
     if second.startswith("b.png"):
         assert len(read_csv_table(csv)) == 3
         return
