@@ -60,6 +60,11 @@ class Backend(ABC):
     def to_numpy(self, outputs: Sequence[Any]) -> np.ndarray:
         """Concatenate outputs of :meth:`probabilities` into numpy float32 (N, L)."""
 
+    def place(self, pixels: Any) -> Any:
+        """uint8 pixels (B, S, S) moved to where the network runs (once, before the TTA
+        views are cut from them); the identity for backends that run on the host."""
+        return pixels
+
     def mean(self, outputs: Sequence[Any]) -> Any:
         """The element-wise mean of several outputs of :meth:`probabilities` (TTA views)."""
         total = outputs[0]
@@ -108,6 +113,13 @@ class TorchBackend(Backend):
         self.model: ChestClassifier = model
         self.spec, self.thresholds = loaded.spec, dict(loaded.thresholds)
         self.training, self.path = dict(loaded.training), Path(loaded.path)
+
+    def place(self, pixels: Any) -> torch.Tensor:
+        import torch
+
+        if isinstance(pixels, np.ndarray):
+            pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+        return pixels.to(self.device, non_blocking=True)
 
     def probabilities(self, pixels: Any) -> torch.Tensor:
         """float32 (B, L) on the model's device, of uint8 pixels (B, S, S) (numpy or a

@@ -104,14 +104,6 @@ class Predictor:
             )
         return model
 
-    @property
-    def loaded(self) -> LoadedModel:
-        """The loaded model file (torch backend)."""
-        loaded = getattr(self.backend, "loaded", None)
-        if loaded is None:
-            raise ValueError(f"the {self.backend.name} backend has no loaded torch model")
-        return loaded
-
     def describe(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
@@ -157,7 +149,8 @@ class Predictor:
         device for the torch backend)."""
         if not self.tta:
             return self.backend.probabilities(pixels)
-        return self.backend.mean([self.backend.probabilities(v) for v in tta_views(pixels)])
+        views = tta_views(self.backend.place(pixels))  # one copy to the device, views there
+        return self.backend.mean([self.backend.probabilities(v) for v in views])
 
     def predict_cache(self, cache: Any, progress: bool = False) -> np.ndarray:
         """Probabilities float32 (N, L) of every image of a prepared cache (a
