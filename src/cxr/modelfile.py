@@ -12,6 +12,11 @@ and whose header metadata holds one entry, ``"cxr"``, a JSON object::
 
 ``sha256`` covers every tensor (name, dtype, shape, bytes, in name order) and the rest of
 the metadata, so a changed byte anywhere meaningful is detected on :func:`load_model`.
+It protects against damage, not against a deliberate edit (anyone can recompute it). When a
+signing key is configured (:mod:`cxr.signing`), the header also holds ``"cxr_signature"``,
+an HMAC-SHA-256 of ``sha256`` under that key, and :func:`load_model` refuses files that are
+unsigned or signed with another key. Whatever the key, loading refuses an input size outside
+32-2048, labels that are empty or repeated, and weights that are NaN or infinite.
 Nothing is ever unpickled: files are read with safetensors and ``json`` only.
 
 Format versions: 2 keeps the preprocessing record (size, fit, intensity, mean, std) in the
@@ -39,6 +44,7 @@ from safetensors.torch import save as st_save
 
 from cxr.models.classifier import ChestClassifier
 from cxr.models.spec import ModelSpec
+from cxr.signing import SigningError, signature_for, signing_key, verify_signature
 
 __all__ = [
     "FORMAT_NAME",
@@ -49,12 +55,14 @@ __all__ = [
     "load_model",
     "read_model_info",
     "save_model",
+    "sign_model",
     "with_thresholds",
 ]
 
 FORMAT_NAME = "cxr-model"
 FORMAT_VERSION = 2
 _META_KEY = "cxr"
+_SIGNATURE_KEY = "cxr_signature"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 
 
@@ -78,6 +86,8 @@ class ModelInfo:
     cxr_version: str
     format_version: int
     sha256: str
+    #: the key id of the key that signed it (:func:`cxr.signing.key_id`), "" when unsigned
+    signed_by: str = ""
 
 
 @dataclass
@@ -163,15 +173,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+def _write(
+    path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], key: bytes | None = None
+) -> Path:
+    """Write atomically; signed with ``key``, else with the configured key (if any)."""
+    key = key if key is not None else signing_key()
     meta = json.loads(json.dumps(meta, default=_json_default))  # JSON-safe, as it will be read
     meta["sha256"] = _digest(meta, tensors)
-    _write_atomic(path, st_save(tensors, metadata={_META_KEY: json.dumps(meta)}))
+    header = {_META_KEY: json.dumps(meta)}
+    if key is not None:
+        header[_SIGNATURE_KEY] = json.dumps(signature_for(meta["sha256"], key))
+    _write_atomic(path, st_save(tensors, metadata=header))
     return path
 
 
-def _read_raw(path: Path) -> tuple[bytes, dict[str, Any]]:
-    """File bytes and the parsed cxr metadata, with structural checks."""
+def _read_raw(path: Path) -> tuple[bytes, dict[str, Any], dict[str, Any] | None]:
+    """File bytes, the parsed cxr metadata and signature (None when unsigned), with
+    structural checks."""
     if not path.exists():
         raise ModelFileError(path, "not found; check the path")
     if not path.is_file():
@@ -247,10 +265,18 @@ def _read_raw(path: Path) -> tuple[bytes, dict[str, Any]]:
             f"made by a newer cxr (format version {version}; this cxr reads up to "
             f"{FORMAT_VERSION}); upgrade cxr",
         )
-    return raw, meta
+    signature = metadata.get(_SIGNATURE_KEY)
+    if signature is not None:
+        try:
+            signature = json.loads(signature) if isinstance(signature, str) else None
+        except json.JSONDecodeError:
+            signature = None
+        if not isinstance(signature, dict):
+            raise ModelFileError(path, f"bad header: __metadata__.{_SIGNATURE_KEY} is not valid")
+    return raw, meta, signature
 
 
-def _info(path: Path, meta: dict[str, Any]) -> ModelInfo:
+def _info(path: Path, meta: dict[str, Any], signature: dict[str, Any] | None) -> ModelInfo:
     training = meta.get("training") or {}
     if not isinstance(training, dict):
         raise ModelFileError(path, "its training summary is not a JSON object")
@@ -275,11 +301,14 @@ def _info(path: Path, meta: dict[str, Any]) -> ModelInfo:
         str(meta.get("cxr_version", "")),
         int(meta["format_version"]),
         str(meta.get("sha256", "")),
+        str(signature.get("key_id", "")) if signature else "",
     )
 
 
-def _read_verified(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
-    raw, meta = _read_raw(path)
+def _read_verified(
+    path: Path, check_signature: bool = True
+) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
+    raw, meta, signature = _read_raw(path)
     try:
         tensors = st_load(raw)
     except Exception as exc:  # safetensors' errors become one clear message
@@ -297,7 +326,12 @@ def _read_verified(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
             "failed its integrity check (SHA-256 mismatch): the weights or metadata were changed "
             "after it was saved (tampered or corrupted); use an intact copy",
         )
-    return _info(path, meta), tensors
+    if check_signature:
+        try:
+            verify_signature(expected, signature, signing_key())
+        except SigningError as exc:
+            raise ModelFileError(path, str(exc)) from None
+    return _info(path, meta, signature), tensors
 
 
 def _label_difference(expected: Sequence[str], found: Sequence[str]) -> str:
@@ -352,7 +386,8 @@ def save_model(
 def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
     """Metadata of a model file without building the model (the hash is not checked)."""
     path = Path(path)
-    return _info(path, _read_raw(path)[1])
+    _, meta, signature = _read_raw(path)
+    return _info(path, meta, signature)
 
 
 def load_model(
@@ -368,7 +403,9 @@ def load_model(
 
     Raises:
         ModelFileError: missing, not a cxr model file, truncated, tampered, newer format,
-            unknown backbone, other labels, or weights that do not fit the spec.
+            unknown backbone, other labels, weights that do not fit the spec or are not
+            finite; with a signing key configured (:mod:`cxr.signing`), unsigned or signed
+            with another key.
     """
     path = Path(path)
     info, tensors = _read_verified(path)
@@ -418,3 +455,31 @@ def with_thresholds(
         "cxr_version": info.cxr_version,
     }
     return _write(Path(out) if out is not None else path, tensors, meta)
+
+
+def sign_model(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    key: bytes | None = None,
+) -> Path:
+    """Sign a model file with ``key`` (default: the configured key, :mod:`cxr.signing`).
+
+    The file is verified first (its SHA-256; an existing signature is replaced), then
+    written to ``out`` when given, else in place, atomically. Returns the path written.
+
+    Raises:
+        SigningError: no key given and none configured.
+        ModelFileError: the file is damaged or not a cxr model file.
+    """
+    path = Path(path)
+    key = key if key is not None else signing_key()
+    if key is None:
+        from cxr.signing import KEY_ENV, KEY_FILE_ENV
+
+        raise SigningError(
+            f"no signing key: set {KEY_ENV} (the key) or {KEY_FILE_ENV} (a file holding it)"
+        )
+    _, meta, _ = _read_raw(path)
+    _, tensors = _read_verified(path, check_signature=False)
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    return _write(Path(out) if out is not None else path, tensors, body, key)

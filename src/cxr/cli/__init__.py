@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cxr import RESEARCH_NOTICE, __version__
-from cxr.cli import data, demo, evaluate, predict, train
+from cxr.cli import data, demo, evaluate, predict, sign, train
 from cxr.cli._common import EXIT_FOUND, EXIT_OK, EXIT_USAGE, CLIError
 
 __all__ = ["EXIT_FOUND", "EXIT_OK", "EXIT_USAGE", "CLIError", "build_parser", "main"]
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, demo, train, evaluate, predict):
+    for module in (data, demo, train, evaluate, predict, sign):
         module.add_parsers(sub)
     return parser
 
