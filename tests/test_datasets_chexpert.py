@@ -261,3 +261,13 @@ def test_a_repeated_chexpert_row_is_refused(tmp_path):
     (root / "train.csv").write_text(f"{header}\n{row}\n{row}\n")
     with pytest.raises(DatasetError, match="lines 2 and 3: image .*view1_frontal.jpg"):
         read_chexpert(root)
+
+
+def test_paths_climbing_out_of_the_dataset_folder_are_refused(tmp_path):
+    root = make_chexpert(tmp_path, valid=False)
+    rows = (root / "train.csv").read_text().splitlines()
+    rows[2] = rows[2].replace("train/patient00002", "../../../etc/patient00002")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=r"train\.csv, line 3: image path .* climbs out"):
+        read_chexpert(root)
+    assert len(read_chexpert(root, allow_outside=True, frontal_only=False)) == 5

@@ -203,3 +203,36 @@ def test_an_image_listed_twice_is_refused_naming_both_lines(tmp_path, second):
         return
     with pytest.raises(DatasetError, match=r"lines 2 and 4: image .*a\.png appears more than once"):
         read_csv_table(csv)
+
+
+@pytest.mark.parametrize("climbing", ["../../etc/passwd", "images/../../x.png", "..\\x.png"])
+def test_paths_climbing_out_of_the_dataset_folder_are_refused(tmp_path, climbing):
+    folder = tmp_path / "data"
+    csv = write(folder / "labels.csv", f"image,patient,Effusion\na.png,p1,1\n{climbing},p2,0\n")
+    with pytest.raises(DatasetError) as err:
+        read_csv_table(csv)
+    message = str(err.value)
+    assert "line 3" in message and "climbs out of the dataset folder" in message
+    assert "--allow-outside-paths" in message
+    assert "exist" not in message  # says nothing about the file it points at
+    table = read_csv_table(csv, allow_outside=True)
+    assert table.paths[1] == os.path.normpath(folder / climbing.replace("\\", "/"))
+
+
+def test_inner_dots_and_absolute_paths_stay_allowed(tmp_path):
+    folder = tmp_path / "data"
+    csv = write(
+        folder / "labels.csv",
+        f"image,patient,Effusion\nimages/../a.png,p1,1\n{tmp_path}/b.png,p2,0\n",
+    )
+    table = read_csv_table(csv)
+    assert table.paths == [str(folder / "a.png"), str(tmp_path / "b.png")]
+
+
+def test_cli_flag_allows_outside_paths(tmp_path, capsys):
+    from cxr.cli import main
+
+    csv = write(tmp_path / "d" / "labels.csv", "image,patient,Effusion\n../a.png,p1,1\n")
+    assert main(["data", "inspect", str(csv)]) == 2
+    assert "climbs out of the dataset folder" in capsys.readouterr().err
+    assert main(["data", "inspect", str(csv), "--allow-outside-paths"]) == 0

@@ -153,7 +153,13 @@ def test_unknown_option_names_accepted_ones(tmp_path):
     with pytest.raises(TypeError, match=r"\['uncertain'\].*'nih'.*\['official_split'\]"):
         load_dataset(tmp_path, uncertain="zeros")
     assert load_dataset(tmp_path, official_split=False).meta["split"].tolist() == [""]
-    assert reader_options("chexpert") == ("split", "uncertain", "blank", "frontal_only")
+    assert reader_options("chexpert") == (
+        "split",
+        "uncertain",
+        "blank",
+        "frontal_only",
+        "allow_outside",
+    )
     assert set(FORMATS) == {"nih", "chexpert", "csv", "folders", "list"}
 
 
@@ -200,3 +206,13 @@ def test_cxr_saved_split_named_train_csv_is_not_chexpert(tmp_path):
     assert detect_format(tmp_path / "train.csv") == "csv"
     back = load_dataset(tmp_path / "train.csv")
     assert back.pathologies == CHEXPERT14_LABELS and back.paths == ["/x/a.png"]
+
+
+def test_image_lists_refuse_names_climbing_out_of_their_folder(tmp_path):
+    from cxr.datasets import DatasetError, read_image_list
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("a/x.png\n../secret/y.png\n")
+    with pytest.raises(DatasetError, match=r"list\.txt, line 2: image path .* climbs out"):
+        read_image_list(listing)
+    assert len(read_image_list(listing, allow_outside=True)) == 2

@@ -115,6 +115,12 @@ def add_source_options(p: argparse.ArgumentParser, many: bool = True) -> None:
         help="plain CSV: folder the image names are relative to (default: the CSV's)",
     )
     g.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="plain CSV, CheXpert, image list: accept relative image paths that climb out of the "
+        "dataset folder (../x.png; refused by default)",
+    )
+    g.add_argument(
         "--labels",
         help="comma-separated labels to keep, in this order (default: all labels of the dataset)",
     )
@@ -128,6 +134,7 @@ _READER_FLAGS = {
     "image_column": "--image-column",
     "patient_column": "--patient-column",
     "image_root": "--image-root",
+    "allow_outside": "--allow-outside-paths",
 }
 
 
@@ -145,6 +152,8 @@ def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
         options["patient_column"] = args.patient_column
     if args.image_root:
         options["image_root"] = args.image_root
+    if getattr(args, "allow_outside_paths", False):
+        options["allow_outside"] = True
     return options
 
 

@@ -32,6 +32,7 @@ from cxr.datasets.common import (
     csv_header,
     line_of,
     read_csv_strings,
+    refuse_climbing,
     refuse_duplicate_images,
 )
 from cxr.labels import CHEXPERT14_LABELS
@@ -123,6 +124,15 @@ def _csv_files(source: str, split: str) -> list[tuple[str, str]]:
     return [(name, source)]
 
 
+def _within_dataset(path: str) -> str:
+    """A relative ``Path`` as it is taken inside the dataset folder (first component
+    dropped unless it is a split folder), for the climbing check; absolute paths stay."""
+    if os.path.isabs(path):
+        return path
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(parts if parts[0] in _SPLIT_DIRS else parts[1:])
+
+
 def _image_paths(raw: pd.Series, dataset_dir: str) -> list[str]:
     """Absolute paths: ``Path`` joined to the dataset folder's parent, i.e. its first
     component replaced by the folder that holds the CSV."""
@@ -138,7 +148,12 @@ def _image_paths(raw: pd.Series, dataset_dir: str) -> list[str]:
 
 
 def _read_one(
-    csv_path: str, split_name: str, uncertain: str, blank: str, frontal_only: bool
+    csv_path: str,
+    split_name: str,
+    uncertain: str,
+    blank: str,
+    frontal_only: bool,
+    allow_outside: bool = False,
 ) -> LabelTable:
     frame = read_csv_strings(csv_path, "CheXpert CSV")
     by_key = {column_key(c): c for c in frame.columns}
@@ -195,6 +210,9 @@ def _read_one(
         labels[:, j] = mapped[codes] if len(codes) else mapped[:0]
 
     dataset_dir = os.path.dirname(csv_path)
+    refuse_climbing(
+        [_within_dataset(p) for p in raw_paths.tolist()], csv_path, dataset_dir, allow_outside
+    )
     paths = _image_paths(raw_paths, dataset_dir)
     refuse_duplicate_images(paths, csv_path)
     patients = []
@@ -217,6 +235,7 @@ def read_chexpert(
     uncertain: str = "ones",
     blank: str = "nan",
     frontal_only: bool = True,
+    allow_outside: bool = False,
 ) -> LabelTable:
     """Read CheXpert's label CSV(s).
 
@@ -228,6 +247,8 @@ def read_chexpert(
             or ``"ignore"`` (NaN). ``"U-Ones"`` etc. are accepted too.
         blank: what an empty cell becomes: ``"nan"`` (unknown) or ``"zero"``.
         frontal_only: keep only rows whose ``Frontal/Lateral`` is ``Frontal``.
+        allow_outside: accept paths that climb out of the dataset folder
+            (``CheXpert-v1.0/../../x.jpg``); refused by default, naming the line.
 
     Returns:
         A :class:`LabelTable` over :data:`~cxr.labels.CHEXPERT14_LABELS` (``Pleural
@@ -243,7 +264,7 @@ def read_chexpert(
     blank = _policy(blank, BLANK_POLICIES, "blank")
     source_path = as_path_str(source)
     files = _csv_files(source_path, split)
-    tables = [_read_one(p, s, uncertain, blank, frontal_only) for s, p in files]
+    tables = [_read_one(p, s, uncertain, blank, frontal_only, allow_outside) for s, p in files]
     if len(tables) == 1:
         return tables[0]
     from cxr.table import merge_tables

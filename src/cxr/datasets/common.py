@@ -206,6 +206,30 @@ def resolve_relative(paths: Sequence[str], base: str, probe: int = 5) -> str:
     return base
 
 
+def climbs_out(path: str) -> bool:
+    """Whether a relative path leaves the folder it is relative to (``../x``, ``a/../../x``);
+    decided from the text alone, so nothing about other folders is revealed."""
+    if os.path.isabs(path):
+        return False
+    parts = os.path.normpath(path.replace("\\", "/")).split("/")
+    return bool(parts) and parts[0] == ".."
+
+
+def refuse_climbing(paths: Sequence[str], source: str, folder: str, allow: bool) -> None:
+    """Refuse relative image paths of ``source`` that climb out of ``folder`` (the dataset
+    folder) unless ``allow``. The message names the line and the path as written, never
+    whether the file it points at exists. Absolute paths (cxr's own split files) are kept."""
+    if allow:
+        return
+    for row, p in enumerate(paths):
+        if p and climbs_out(p):
+            raise DatasetError(
+                f"{source}, line {line_of(row)}: image path {p!r} climbs out of the dataset "
+                f"folder {folder}; cxr reads only images inside it unless paths outside are "
+                "allowed (allow_outside=True, --allow-outside-paths)"
+            )
+
+
 def join_paths(paths: Sequence[str], base: str) -> list[str]:
     """Absolute normalised paths; absolute inputs stay, relative ones join ``base``.
     Windows separators in relative paths are accepted on POSIX."""

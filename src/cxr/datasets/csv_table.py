@@ -31,6 +31,7 @@ from cxr.datasets.common import (
     join_paths,
     line_of,
     read_csv_strings,
+    refuse_climbing,
     refuse_duplicate_images,
     require_column,
     resolve_relative,
@@ -130,6 +131,7 @@ def read_csv_table(
     labels: Sequence[str] | None = None,
     image_root: str | os.PathLike[str] | None = None,
     view_column: str | None = None,
+    allow_outside: bool = False,
 ) -> LabelTable:
     """Read a plain label CSV.
 
@@ -145,6 +147,8 @@ def read_csv_table(
             or ``<csv folder>/images`` when the first rows are found only there.
             Absolute paths stay as they are.
         view_column: the view column; found by name when None (absent: views ``""``).
+        allow_outside: accept relative image paths that climb out of the CSV's folder
+            (``../other/x.png``); refused by default, naming the line.
 
     Label cells must be 0, 1 or blank (blank = NaN, unknown); ``0.0``/``1.0`` and
     ``True``/``False`` are accepted. Label names are canonicalised
@@ -187,6 +191,7 @@ def read_csv_table(
         raise DatasetError(f"{csv_path}, line {line_of(row)}: image column {image!r} is empty")
     raw_list = raw.tolist()
     csv_dir = os.path.dirname(csv_path)
+    refuse_climbing(raw_list, csv_path, csv_dir, allow_outside)
     if image_root is not None:
         base = as_path_str(image_root)
     else:

@@ -20,6 +20,7 @@ import pandas as pd
 from cxr.datasets.common import (
     DatasetError,
     as_path_str,
+    climbs_out,
     join_paths,
     nih_image_folders,
     nih_patient,
@@ -30,8 +31,12 @@ from cxr.datasets.common import (
 from cxr.table import LabelTable
 
 
-def read_image_list(path: str | os.PathLike[str]) -> LabelTable:
+def read_image_list(path: str | os.PathLike[str], allow_outside: bool = False) -> LabelTable:
     """Read a list of image names as a table with no labels (L = 0).
+
+    Args:
+        allow_outside: accept relative names that climb out of the list's folder
+            (``../x.png``); refused by default, naming the line.
 
     Returns:
         A :class:`LabelTable` with absolute paths, ``patient_id`` from NIH names
@@ -59,6 +64,13 @@ def read_image_list(path: str | os.PathLike[str]) -> LabelTable:
             raise DatasetError(f"{txt}, line {n}: {s!r} repeats line {seen[s]}; remove one")
         seen[s] = n
     names = [s for _, s in entries]
+    for n, s in entries:
+        if not allow_outside and climbs_out(s):
+            raise DatasetError(
+                f"{txt}, line {n}: image path {s!r} climbs out of the list's folder "
+                f"{os.path.dirname(txt)}; cxr reads only images inside it unless paths "
+                "outside are allowed (allow_outside=True, --allow-outside-paths)"
+            )
 
     folder = os.path.dirname(txt)
     bare = {s for s in names if "/" not in s and "\\" not in s and not os.path.isabs(s)}
