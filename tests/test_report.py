@@ -133,3 +133,32 @@ def test_comparison_report(tmp_path):
     assert RESEARCH_NOTICE in html and html.count("data:image/png;base64,") == 1
     _png_size(written["auc_diff"].read_bytes())
     assert json.loads(written["json"].read_text())["summary"]["n_labels"] == 3
+
+
+def test_the_all_labels_roc_stays_readable_when_curves_coincide():
+    """Three labels with the same perfect curve and one near it: one line and one legend
+    entry for the identical ones, distinct styles for the rest, edges inside the axes."""
+    from cxr.evaluation.label_results import LabelCurves
+    from cxr.evaluation.plots import roc_all_figure, roc_all_png
+
+    def curves(fpr, tpr, auc):
+        empty = np.zeros(0)
+        return LabelCurves(np.array(fpr), np.array(tpr), empty, empty, auc, 1.0, 0.5)
+
+    perfect = ([0.0, 0.0, 1.0], [0.0, 1.0, 1.0], 1.0)
+    near = ([0.0, 0.02, 1.0], [0.0, 1.0, 1.0], 0.99)
+    data = {
+        "Effusion": curves(*perfect),
+        "Mass": curves(*perfect),
+        "Nodule": curves(*perfect),
+        "Edema": curves(*near),
+    }
+    fig = roc_all_figure(data)
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["Effusion = Mass = Nodule (1.000)", "Edema (0.990)"]
+    drawn = [line for line in ax.get_lines() if line.get_label() in legend]
+    assert len(drawn) == 2
+    assert drawn[0].get_linestyle() != drawn[1].get_linestyle()
+    assert ax.get_xlim()[0] < 0 and ax.get_ylim()[1] > 1  # curves on the edges show
+    assert roc_all_png(data)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -251,5 +251,70 @@ def test_resume_uses_the_cpu_thread_count_of_the_run(phantom_caches_small, tmp_p
         resume(tmp_path / "run", progress=False, echo=lines.append)
         assert torch.get_num_threads() == 1
         assert "using 1 CPU threads, as the run did before" in lines
+        # an explicit count is honoured, and said to differ from the run's
+        (tmp_path / "run" / "config.yaml").write_text(
+            (tmp_path / "run" / "config.yaml")
+            .read_text()
+            .replace("phase2_epochs: 2", "phase2_epochs: 3")
+        )
+        lines.clear()
+        resume(tmp_path / "run", progress=False, echo=lines.append, threads=2)
+        assert torch.get_num_threads() == 2
+        assert any("using 2 CPU threads as asked; the run used 1" in x for x in lines), lines
     finally:
         torch.set_num_threads(before)
+
+
+def test_ctrl_c_stops_saves_and_prints_the_resume_command(phantom_caches_small, tmp_path):
+    """SIGINT after the first epoch: exit 130 at once, the best model already has its
+    thresholds, and the printed command continues the run to its end."""
+    import os
+    import signal
+    import time
+
+    from cxr.modelfile import read_model_info
+
+    c, run = phantom_caches_small, tmp_path / "run"
+    SMALL.replace(phase2_epochs=40).save(tmp_path / "config.yaml")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "cxr", "train", str(c["train"]), str(c["val"])]
+    argv += ["--config", str(tmp_path / "config.yaml"), "--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch 1/41"):
+            break
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    waited = time.monotonic() - sent
+    assert proc.returncode == 130, err
+    assert waited < 30, f"Ctrl-C took {waited:.0f} s to stop the run"
+    assert "Traceback" not in err
+    assert f"Continue with: cxr train --resume {run}" in err
+    assert "epochs 1-" in err and "with thresholds" in err
+    info = read_model_info(run / "best.safetensors")
+    assert info.thresholds, "the best model of an interrupted run has no thresholds"
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["next_epoch"] >= 1
+
+    # the printed command continues the run (made shorter first, to keep the test quick)
+    import shlex
+
+    from cxr.training import TrainConfig as Config
+
+    Config.load(run / "config.yaml").replace(phase2_epochs=state["next_epoch"]).save(
+        run / "config.yaml"
+    )
+    command = shlex.split(err.split("Continue with: ")[1].strip())
+    assert command[:3] == ["cxr", "train", "--resume"]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cxr", *command[1:], "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "best model:" in resumed.stdout

@@ -250,7 +250,11 @@ def _predict_and_explain(
         image = predictor.preprocess(item.path)
         for ex in explain(predictor.model, image, top_k=2):
             save_explanation_png(
-                out / "explain" / f"{Path(item.path).stem}_{ex.label}.png", image, ex
+                out / "explain" / f"{Path(item.path).stem}_{ex.label}.png",
+                image,
+                ex,
+                source=item.path,
+                threshold=predictor.thresholds.get(ex.label),
             )
             count += 1
     written["explain"] = out / "explain"

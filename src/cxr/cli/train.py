@@ -112,6 +112,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--config", type=Path, help="read settings from a config.yaml first")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for torch (default: OMP_NUM_THREADS when set, else torch's choice; "
+        "with --resume: the run's own count, for results identical to an uninterrupted run)",
+    )
     g = p.add_argument_group("training settings")
     _add_fields(g, TrainConfig)
     a = p.add_argument_group("augmentation (per batch, on the training device)")
@@ -147,8 +154,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return base.replace(**changes) if changes else base
 
 
+def _threads(args: argparse.Namespace) -> int | None:
+    """The thread count asked for: --threads, else OMP_NUM_THREADS, else None."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be at least 1, got {args.threads}")
+        return int(args.threads)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        raise CLIError(f"OMP_NUM_THREADS={env!r} is not a number of threads") from None
+    if value < 1:
+        raise CLIError(f"OMP_NUM_THREADS={env!r} must be at least 1")
+    return value
+
+
 def run_train(args: argparse.Namespace) -> int:
     from cxr.training import resume, run_summary, train
+
+    threads = _threads(args)
 
     if args.resume:
         given = [n for n in ("train_cache", "val_cache", "config", "out") if getattr(args, n)]
@@ -157,7 +184,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved settings; drop "
                 + ", ".join(_flag(n) if n in ("config", "out") else n.upper() for n in given)
             )
-        result = resume(args.resume, progress=not args.no_progress)
+        result = resume(args.resume, progress=not args.no_progress, threads=threads)
     else:
         if args.train_cache is None or args.val_cache is None:
             raise CLIError(
@@ -165,6 +192,10 @@ def run_train(args: argparse.Namespace) -> int:
             )
         config = config_from_args(args)
         out = args.out or Path("runs") / config.backbone
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         result = train(
             config,
             args.train_cache,

@@ -43,25 +43,66 @@ def _png(fig: Figure) -> bytes:
 def _colors(n: int) -> list:
     from matplotlib import colormaps
 
+    if n <= 10:  # ten distinct hues; tab20 pairs each hue with its light shade
+        return [colormaps["tab10"](i) for i in range(n)]
     cmap = colormaps["tab20"]
     return [cmap(i % 20) for i in range(n)]
 
 
-def roc_all_png(curves: Mapping[str, LabelCurves], title: str = "ROC curves") -> bytes:
-    """All labels' ROC curves on one figure (legend: label and AUC)."""
+#: Line styles cycled with the colours, so that curves lying on top of each other stay
+#: distinguishable (a dash shows the curve underneath).
+_STYLES = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)))
+
+
+def _same_curve_groups(curves: Mapping[str, LabelCurves]) -> list[list[str]]:
+    """Labels grouped by identical ROC curves (same points), in the order given."""
+    groups: dict[bytes, list[str]] = {}
+    for name, c in curves.items():
+        key = np.round(np.asarray(c.fpr, np.float64), 9).tobytes() + b"|"
+        key += np.round(np.asarray(c.tpr, np.float64), 9).tobytes()
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def roc_all_figure(curves: Mapping[str, LabelCurves], title: str = "ROC curves") -> Figure:
+    """All labels' ROC curves on one figure, readable when curves coincide: labels whose
+    curves are identical share one line and one legend entry (``A = B (AUC)``); the others
+    cycle through colours and line styles, drawn from the highest AUC down with thinning
+    lines so that one lying on another still shows; the axes leave a margin so that curves
+    along the edges (AUC near 1) stay visible. Legend in order of AUC."""
     fig, ax = _figure(7.5, 6.0)
-    for (name, c), color in zip(curves.items(), _colors(len(curves)), strict=True):
-        ax.plot(c.fpr, c.tpr, color=color, lw=1.4, label=f"{name} ({c.auc:.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8)
+    groups = sorted(
+        _same_curve_groups(curves), key=lambda g: -np.nan_to_num(curves[g[0]].auc, nan=-1.0)
+    )
+    colours = _colors(len(groups))
+    for i, (group, colour) in enumerate(zip(groups, colours, strict=True)):
+        c = curves[group[0]]
+        names = " = ".join(group)
+        ax.plot(
+            c.fpr,
+            c.tpr,
+            color=colour,
+            ls=_STYLES[i % len(_STYLES)],
+            lw=max(2.6 - 0.12 * i, 1.0),
+            label=f"{names} ({c.auc:.3f})",
+            zorder=3 + i,
+        )
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.8, zorder=1)
     ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.01),
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.03),
         xlabel="1 - specificity (false positive rate)",
         ylabel="sensitivity (true positive rate)",
         title=title,
     )
+    ax.grid(color="0.92", lw=0.6, zorder=0)
     ax.legend(loc="lower right", fontsize=7, title="label (AUC)", title_fontsize=7)
-    return _png(fig)
+    return fig
+
+
+def roc_all_png(curves: Mapping[str, LabelCurves], title: str = "ROC curves") -> bytes:
+    """:func:`roc_all_figure` as PNG bytes."""
+    return _png(roc_all_figure(curves, title))
 
 
 def roc_png(name: str, curve: LabelCurves) -> bytes:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 from cxr.training.config import AugmentConfig, ConfigError, TrainConfig, TrainError
 
 if TYPE_CHECKING:
-    from cxr.training.loop import TrainResult, resume, run_summary, train
+    from cxr.training.loop import TrainingInterrupted, TrainResult, resume, run_summary, train
 
 
 def __getattr__(name: str):
     # the loop imports torch: loaded on first use, so that `cxr --help` and the settings
     # (TrainConfig) stay quick to import
-    if name in ("TrainResult", "resume", "run_summary", "train"):
+    if name in ("TrainResult", "TrainingInterrupted", "resume", "run_summary", "train"):
         from cxr.training import loop
 
         return getattr(loop, name)
@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "TrainError",
     "TrainResult",
+    "TrainingInterrupted",
     "resume",
     "run_summary",
     "train",

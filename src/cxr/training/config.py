@@ -176,7 +176,10 @@ class TrainConfig:
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such configuration file") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of settings")
         try:

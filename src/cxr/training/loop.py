@@ -17,6 +17,10 @@ The run folder::
 
 The run is observed through callbacks (:mod:`cxr.training.callbacks`): ``start``, ``step``,
 ``epoch`` and ``end`` events; TensorBoard logging is one of them.
+
+Ctrl-C stops the run at once (the epoch in progress is dropped; every completed epoch is
+already saved, the best model with its thresholds) and raises :class:`TrainingInterrupted`,
+whose message is the exact command that continues the run.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +64,17 @@ class TrainResult:
     @property
     def last_model(self) -> Path:
         return self.run_dir / "last.safetensors"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``str(err)`` says what was saved and how to continue."""
+
+    def __init__(self, message: str, run_dir: Path) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 #: A :class:`~cxr.training.callbacks.TrainingCallback`, or a function ``fn(event, info)``.
@@ -122,8 +138,17 @@ def resume(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     callbacks: Sequence[Callback] = (),
+    threads: int | None = None,
 ) -> TrainResult:
-    """Continue the run in ``run_dir`` from its last completed epoch."""
+    """Continue the run in ``run_dir`` from its last completed epoch.
+
+    Args:
+        threads: CPU threads to use. None: the run's own count, so that a CPU run ends
+            exactly where an uninterrupted one would (sums depend on the thread count);
+            another count is used as asked, and said to differ.
+    """
+    if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+        raise TrainError(f"threads must be a positive number of CPU threads, got {threads!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TrainError(f"cannot resume {run_dir}: no such run folder")
@@ -157,7 +182,7 @@ def resume(
             f"with the same number (now {info.world_size})"
         )
     train_c, val_c = _open(meta["train_cache"]), _open(meta["val_cache"])
-    return _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks)
+    return _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks, threads)
 
 
 def _open(cache: str | Path | PreparedCache) -> PreparedCache:
@@ -192,7 +217,9 @@ def _default_callbacks(callbacks: Sequence[Callback]) -> list[TrainingCallback]:
     return out
 
 
-def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks) -> TrainResult:
+def _run(
+    config, train_c, val_c, run_dir, info, state, progress, echo, callbacks, threads=None
+) -> TrainResult:
     callbacks = _default_callbacks(callbacks)
     names, train_index, val_index = _label_index(config, train_c, val_c)
     torch.manual_seed(config.seed)
@@ -245,13 +272,7 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         bad_epochs = int(state["bad_epochs"])
         if info.is_main:
             echo(f"resuming {run_dir} at epoch {start + 1} of {config.epochs}")
-        saved_threads = int(state.get("cpu_threads", 0))
-        if info.device.type == "cpu" and saved_threads and saved_threads != torch.get_num_threads():
-            # CPU kernels sum in an order that depends on the thread count: use the run's own
-            # so that the resumed run ends exactly where an uninterrupted one would.
-            torch.set_num_threads(saved_threads)
-            if info.is_main:
-                echo(f"using {saved_threads} CPU threads, as the run did before")
+        _resume_threads(int(state.get("cpu_threads", 0)), threads, info, echo)
     if info.is_main:
         echo(_plan_line(config, info, names, train_c, val_c, run_dir, start))
     for cb in callbacks:
@@ -270,6 +291,70 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
             )
         )
     epoch = start
+    try:
+        best_auc, best_epoch = _epochs(
+            config, engine, train_b, val_b, val_labels, names, run_dir, info, progress, echo,
+            callbacks, history, epoch, best_auc, best_epoch, bad_epochs,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        dd.teardown(info)
+        raise TrainingInterrupted(_interrupted(run_dir, config, history), run_dir) from None
+    if best_epoch >= 0 and info.is_main:
+        echo(
+            f"best model: {run_dir / 'best.safetensors'} (epoch {best_epoch + 1}; thresholds "
+            "chosen on validation)"
+        )
+    result = TrainResult(run_dir, float(best_auc), best_epoch, len(history), history)
+    for cb in callbacks:
+        cb.on_end(result)
+    dd.teardown(info)
+    return result
+
+
+def _resume_threads(saved: int, asked: int | None, info: dd.Dist, echo) -> None:
+    """CPU kernels sum in an order that depends on the thread count: by default use the
+    run's own, so that the resumed run ends exactly where an uninterrupted one would."""
+    if info.device.type != "cpu" or not saved:
+        return
+    if asked is not None:
+        torch.set_num_threads(int(asked))
+        if int(asked) != saved and info.is_main:
+            echo(
+                f"using {asked} CPU threads as asked; the run used {saved}, so from here its "
+                "numbers may differ in the last digits from an uninterrupted run"
+            )
+    elif saved != torch.get_num_threads():
+        torch.set_num_threads(saved)
+        if info.is_main:
+            echo(f"using {saved} CPU threads, as the run did before")
+
+
+def _interrupted(run_dir: Path, config: TrainConfig, history: list[dict]) -> str:
+    """What an interrupted run kept and the command that continues it."""
+    if not (run_dir / "state.pt").is_file():
+        return (
+            f"interrupted before the first epoch ended: nothing was saved in {run_dir}; "
+            "run the same command again to start over"
+        )
+    done = len(history)
+    best = max(history, key=lambda r: r["val_macro_auc"]) if history else None
+    kept = f"epochs 1-{done} of {config.epochs} are saved in {run_dir}"
+    if best is not None:
+        kept += (
+            f" (best model {run_dir / 'best.safetensors'}: validation macro AUC "
+            f"{best['val_macro_auc']:.4f} at epoch {int(best['epoch'])}, with thresholds)"
+        )
+    return f"interrupted; {kept}. Continue with: cxr train --resume {shlex.quote(str(run_dir))}"
+
+
+def _epochs(
+    config, engine, train_b, val_b, val_labels, names, run_dir, info, progress, echo,
+    callbacks, history, epoch, best_auc, best_epoch, bad_epochs,
+) -> tuple[float, int]:  # fmt: skip
+    """Run epochs from ``epoch`` to the end (or an early stop), saving each one; returns
+    the best validation macro AUC and its epoch (``history`` grows in place)."""
+    from cxr.evaluation.thresholds import choose_thresholds
+
     while epoch < config.epochs:
         phase = 1 if epoch < config.phase1_epochs else 2
         engine.enter_phase(phase)
@@ -293,6 +378,11 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         elif stop:
             row["note"] = f"early stop: no better val AUC for {bad_epochs} epochs"
         if info.is_main:
+            chosen = (
+                dict(choose_thresholds(val_labels, probs, names, source="validation"))
+                if improved
+                else None
+            )
             save_epoch(
                 run_dir,
                 engine,
@@ -307,6 +397,7 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
                     world_size=info.world_size,
                     cpu_threads=torch.get_num_threads(),
                 ),
+                chosen,
             )
             echo(epoch_line(row, config.epochs, best_auc))
         for cb in callbacks:
@@ -314,13 +405,7 @@ def _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks
         if stop:
             break
         epoch = next_epoch
-    if best_epoch >= 0:
-        _finish(run_dir, engine, val_b, val_labels, names, info, echo)
-    result = TrainResult(run_dir, float(best_auc), best_epoch, len(history), history)
-    for cb in callbacks:
-        cb.on_end(result)
-    dd.teardown(info)
-    return result
+    return best_auc, best_epoch
 
 
 def _plan_line(
@@ -344,27 +429,6 @@ def _plan_line(
         f"validation images at {train_c.size} px ({train_c.fit}), {len(names)} labels "
         f"({', '.join(names)}); pretrained weights: {weights}; epochs {start + 1} to "
         f"{config.epochs} into {run_dir}"
-    )
-
-
-def _finish(
-    run_dir: Path, engine: Engine, val_b: CacheBatches, val_labels, names, info: dd.Dist, echo
-) -> None:
-    """Choose thresholds on validation with the best model and store them in its file.
-    Every rank predicts its shard; rank 0 chooses and writes."""
-    from cxr.evaluation.thresholds import choose_thresholds
-    from cxr.modelfile import load_model, with_thresholds
-
-    dd.barrier(info)  # rank 0 has written best.safetensors
-    best = load_model(run_dir / "best.safetensors", device=engine.device)
-    probs, _ = engine.predict(val_b, model=best.model)
-    if not info.is_main:
-        return
-    chosen = choose_thresholds(val_labels, probs, names, method="youden", source="validation")
-    with_thresholds(run_dir / "best.safetensors", dict(chosen))
-    echo(
-        f"best model: {run_dir / 'best.safetensors'} (thresholds chosen on validation "
-        f"for {len(chosen)} of {len(names)} labels)"
     )
 
 

@@ -75,7 +75,11 @@ def save_epoch(
     history: list[dict],
     improved: bool,
     progress_state: dict,
+    thresholds: dict[str, float] | None = None,
 ) -> None:
+    """Write last (and, when ``improved``, best, with ``thresholds`` chosen on this epoch's
+    validation predictions) model files, the history and the resume state, each
+    atomically: an interrupted run keeps a usable best model."""
     from cxr.modelfile import save_model
 
     summary = {
@@ -87,7 +91,7 @@ def save_epoch(
     model = engine.eval_model()
     save_model(run_dir / "last.safetensors", model, training=summary)
     if improved:
-        save_model(run_dir / "best.safetensors", model, training=summary)
+        save_model(run_dir / "best.safetensors", model, thresholds, training=summary)
     write_history(run_dir / "history.csv", history)
     state = engine.state_dict()
     state.update(progress_state, version=STATE_VERSION, history=history)
