@@ -80,6 +80,9 @@ def test_demo_predicts_and_explains_held_out_images(demo):
     assert set(tolerant) == set(labels)
     assert sum(v >= 0.8 for v in tolerant.values()) >= len(labels) - 1, tolerant
     assert any(str(written["report"]) in line for line in lines)
+    page = written["dataset_report"].read_text()  # the visual dataset report, with the split
+    assert "Prevalence per split" in page and "Sample images per label" in page
+    assert any(str(written["dataset_report"]) in line for line in lines)
 
 
 def test_demo_on_a_dataset(tmp_path):

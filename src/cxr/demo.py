@@ -127,7 +127,19 @@ def _split(table, out: Path, seed: int, written: dict, echo) -> dict:
     echo(report.to_text())
     if report.leaked:
         raise RuntimeError("the demo split leaks patients; this is a bug in cxr")
+    _dataset_report(table, parts, out, seed, written, echo)
     return parts
+
+
+def _dataset_report(table, parts: dict, out: Path, seed: int, written: dict, echo) -> None:
+    """The visual dataset report (cxr data report) of the data and its split."""
+    from cxr.datareport import dataset_report, label_csvs, write_dataset_report
+
+    csvs = label_csvs(table.source) if table.source else []
+    report = dataset_report(table, splits=parts, csv_paths=csvs, seed=seed)
+    files = write_dataset_report(report, out / "dataset-report")
+    written["dataset_report"] = files["html"]
+    echo(f"  dataset report ({len(report.figures)} figures): {files['html']}")
 
 
 def _prepare(

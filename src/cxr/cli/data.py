@@ -18,6 +18,7 @@ from cxr.cli._common import (
     load_sources,
     parse_list,
 )
+from cxr.cli._dicom import add_dicom_options, with_dicom_options
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,6 +65,33 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_source_options(p)
     p.set_defaults(func=cmd_check_leakage)
 
+    p = data_sub.add_parser(
+        "report",
+        help="a visual report of a dataset (HTML page and figures) before training",
+        description="Write DIR/report.html (one self-contained page), report.json and the "
+        "figures: images per label, label co-occurrence, labels per image, images per patient, "
+        "views, age and sex (when the label CSV has them), prevalence per split with the "
+        "leakage check, labels known per source (several sources), image sizes and bit depths "
+        "from file headers, sample images per label, and the files that could not be read.",
+    )
+    add_source_options(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for the report")
+    p.add_argument(
+        "--splits",
+        type=Path,
+        metavar="SPLIT_DIR",
+        help="folder of split files (train.csv, val.csv, test.csv from cxr data split) to "
+        "compare and check for leakage (default: the splits the source defines, if any)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="chooses the sample images (default: %(default)s)"
+    )
+    p.add_argument(
+        "--per-label", type=int, default=4, help="sample images per label (default: %(default)s)"
+    )
+    p.add_argument("--no-images", action="store_true", help="tables only: open no image file")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser(
         "prepare",
         help="decode every image once into a memory-mappable cache",
@@ -91,7 +119,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="rebuild OUT if it holds a cache of other settings or images",
     )
     add_progress(p)
-    p.set_defaults(func=cmd_prepare)
+    add_dicom_options(p)
+    p.set_defaults(func=with_dicom_options(cmd_prepare))
 
     p = sub.add_parser("synth", help="generate phantom chest radiographs with planted findings")
     p.add_argument("out", type=Path, help="output folder (images/, masks/, labels.csv)")
@@ -114,6 +143,42 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     summary = describe(load_sources(args), check_files=not args.no_check_files)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.to_text())
+    return EXIT_OK
+
+
+def _split_tables(folder: Path) -> dict:
+    """name -> table of each split file in ``folder`` (not split.csv / split_summary.csv)."""
+    from cxr.table import LabelTable
+
+    if not folder.is_dir():
+        raise CLIError(f"--splits {folder} is not a folder (cxr data split writes one)")
+    files = sorted(f for f in folder.glob("*.csv") if f.stem not in ("split", "split_summary"))
+    if not files:
+        raise CLIError(f"--splits {folder} holds no split files (train.csv, val.csv, ...)")
+    order = {"train": 0, "val": 1, "valid": 1, "test": 2}
+    files.sort(key=lambda f: (order.get(f.stem, 9), f.stem))
+    return {f.stem: LabelTable.read_csv(f) for f in files}
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cxr.datareport import dataset_report, label_csvs, write_dataset_report
+
+    if args.per_label < 1:
+        raise CLIError(f"--per-label must be 1 or more, got {args.per_label}")
+    sources = {str(s): load_sources(args, [s]) for s in args.source}
+    csvs = [c for s in args.source for c in label_csvs(s)]
+    report = dataset_report(
+        sources,
+        splits=_split_tables(args.splits) if args.splits else None,
+        csv_paths=csvs,
+        seed=args.seed,
+        per_label=args.per_label,
+        images=not args.no_images,
+    )
+    written = write_dataset_report(report, args.out)
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"wrote {written['html']} ({len(report.figures)} figures) and {written['json']}")
     return EXIT_OK
 
 

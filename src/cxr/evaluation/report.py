@@ -16,67 +16,25 @@ replaced by ``_``.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
-from cxr import RESEARCH_NOTICE
 from cxr.evaluation.comparison import ComparisonReport
 from cxr.evaluation.label_results import NO_THRESHOLDS, LabelCurves, fmt
 from cxr.evaluation.plots import auc_diff_png, pr_all_png, reliability_png, roc_all_png, roc_png
 from cxr.evaluation.scoring import EvaluationReport
-
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
-max-width:1200px;color:#222;padding:0 1em}
-.notice{background:#fff3cd;border:1px solid #e0c060;padding:.7em 1em;font-weight:600;
-border-radius:4px}
-table{border-collapse:collapse;font-size:.85em;margin:1em 0}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
-th{background:#f2f2f2} td:first-child,th:first-child{text-align:left}
-figure{display:inline-block;margin:.5em;vertical-align:top} figure img{max-width:100%}
-.grid figure img{width:360px} figcaption{font-size:.8em;color:#555;text-align:center}
-"""
+from cxr.htmlpage import figure as _img
+from cxr.htmlpage import notes as _notes_html
+from cxr.htmlpage import page as _page
+from cxr.htmlpage import table as _table
 
 
 def safe_name(label: str) -> str:
     """A label as a file-name part: ``Pleural Other`` -> ``Pleural_Other``."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", label)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(png: bytes, caption: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    alt = html.escape(caption)
-    return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
-        f"<figcaption>{alt}</figcaption></figure>"
-    )
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
-        f'<p class="notice">{html.escape(RESEARCH_NOTICE)}</p>\n'
-        f"<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
-    )
-
-
-def _notes_html(notes: Sequence[str]) -> str:
-    if not notes:
-        return ""
-    return "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
 
 
 def render_html(report: EvaluationReport, figures: Mapping[str, bytes]) -> str:
