@@ -137,7 +137,9 @@ def test_format_override(tmp_path):
     touch(tmp_path / "f" / "Mass" / "a.png")
     assert detect_format(tmp_path / "f") == "csv"
     assert load_dataset(tmp_path / "f", format="folders").pathologies == ("Mass",)
-    with pytest.raises(ValueError, match=r"format='dicom' is not one of \['nih', 'chexpert'"):
+    with pytest.raises(ValueError, match=r"format='jpeg' is not one of \['nih', 'chexpert'"):
+        load_dataset(tmp_path / "f", format="jpeg")
+    with pytest.raises(DatasetError, match="holds no DICOM files"):
         load_dataset(tmp_path / "f", format="dicom")
 
 
@@ -160,7 +162,7 @@ def test_unknown_option_names_accepted_ones(tmp_path):
         "frontal_only",
         "allow_outside",
     )
-    assert set(FORMATS) == {"nih", "chexpert", "csv", "folders", "list"}
+    assert set(FORMATS) == {"nih", "chexpert", "csv", "folders", "list", "dicom"}
 
 
 def test_load_datasets_merges(tmp_path):

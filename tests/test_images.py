@@ -391,3 +391,34 @@ def test_real_nih_images(shared_datasets):
         out = load_for_cache(path, 224)
         assert out.shape == (224, 224) and out.dtype == np.uint8 and out.std() > 10
     assert max_diff(load_for_cache(paths[0], 224), fit_square(gray, 224)) <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (40, 300), (300, 63)])
+def test_images_too_small_for_the_input_are_refused_with_the_reason(tmp_path, shape):
+    from cxr.images import MIN_IMAGE_SIDE, load_bytes
+
+    path = tmp_path / "tiny.png"
+    Image.fromarray(np.full(shape, 128, np.uint8)).save(path)
+    with pytest.raises(ImageReadError) as err:
+        load_for_cache(path, 224)
+    assert err.value.reason == "too-small" and str(path) in str(err.value)
+    assert f"{shape[1]}x{shape[0]} pixels" in err.value.detail
+    assert f"at least {MIN_IMAGE_SIDE} pixels" in err.value.detail
+    with pytest.raises(ImageReadError, match="too-small"):
+        load_bytes(path.read_bytes(), 224)
+
+
+def test_small_images_fill_a_square_no_larger_than_them(tmp_path):
+    """A 48 px image fills a 48 px input (phantoms, thumbnails); 1x1 never does."""
+    path = tmp_path / "small.png"
+    Image.fromarray(np.full((48, 60), 128, np.uint8)).save(path)
+    assert load_for_cache(path, 48).shape == (48, 48)
+    with pytest.raises(ImageReadError, match="at least 64 pixels to fill a 96x96 input"):
+        load_for_cache(path, 96)
+
+
+def test_small_dicoms_are_refused_too(tmp_path):
+    path = tmp_path / "tiny.dcm"
+    write_dicom(path, np.zeros((8, 8), np.uint16))
+    with pytest.raises(ImageReadError, match="too-small: 8x8 pixels"):
+        load_for_cache(path, 224)

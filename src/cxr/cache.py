@@ -26,6 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.images import FIT_MODES, ImageReadError, load_for_cache
+from cxr.dicom import (
+    DicomPolicy,
+    DicomWarning,
+    dicom_policy,
+    get_dicom_policy,
+    set_dicom_policy,
+)
+from cxr.images import FIT_MODES, ImageReadError, is_dicom, load_for_cache
 from cxr.prepared_cache import (
     FORMAT_VERSION,
     PENDING,
@@ -138,7 +146,9 @@ def _labels_digest(table: LabelTable) -> str:
 _W: dict = {}
 
 
-def _worker_init(pixels_path: str, paths: list[str], size: int, fit: str) -> None:
+def _worker_init(
+    pixels_path: str, paths: list[str], size: int, fit: str, dicom: DicomPolicy | None = None
+) -> None:
     # plain positioned writes, not a writable memory map: mapped pages would count in the
     # worker's resident memory until the whole cache (GBs at NIH scale) had passed through it
     with open(pixels_path, "rb") as f:
@@ -149,6 +159,8 @@ def _worker_init(pixels_path: str, paths: list[str], size: int, fit: str) -> Non
         offset = f.tell()
     _worker_close()
     _W.update(fd=os.open(pixels_path, os.O_WRONLY), offset=offset, paths=paths, size=size, fit=fit)
+    if dicom is not None:  # this process's policy (prepare restores its own when in-process)
+        set_dicom_policy(dicom)
 
 
 def _worker_close() -> None:
@@ -156,8 +168,19 @@ def _worker_close() -> None:
         os.close(_W.pop("fd"))
 
 
-def _worker_run(indices: list[int]) -> list[tuple[int, str, str]]:
-    """Decode images into pixels.npy; return (index, reason, detail), reason '' = ok."""
+def _worker_run(
+    indices: list[int],
+) -> tuple[list[tuple[int, str, str]], list[tuple[str, bool]]]:
+    """Decode images into pixels.npy; return (index, reason, detail), reason '' = ok, and
+    the warnings issued while decoding as (text, is a DicomWarning), for the parent to show
+    (a spawned worker's own stderr would show them in Python's raw format)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DicomWarning)
+        out = _worker_decode(indices)
+    return out, [(str(w.message), issubclass(w.category, DicomWarning)) for w in caught]
+
+
+def _worker_decode(indices: list[int]) -> list[tuple[int, str, str]]:
     out = []
     fd, offset, frame = _W["fd"], _W["offset"], _W["size"] * _W["size"]
     for i in indices:
@@ -234,6 +257,7 @@ def prepare(
     progress: bool = True,
     overwrite: bool = False,
     source: str = "",
+    dicom: DicomPolicy | None = None,
 ) -> PrepareSummary:
     """Decode and resize every image of ``table`` once into the cache folder ``out_dir``.
 
@@ -247,12 +271,16 @@ def prepare(
         overwrite: rebuild from scratch when the folder holds a cache of other settings
             or another image list (otherwise that is a :class:`CacheError`).
         source: where the table came from, recorded in the manifest.
+        dicom: which DICOM files are decoded (:class:`cxr.dicom.DicomPolicy`: the modality
+            check, multi-frame files); default: the process-wide policy. Recorded in the
+            manifest; a run with another policy decodes the DICOM files again.
 
     Returns:
         A :class:`PrepareSummary`. Unreadable, truncated, empty or missing images do not
         stop the run: they are listed in ``rejects.csv`` and in the summary.
     """
     settings = PrepareSettings(size, fit)
+    policy = dicom or get_dicom_policy()
     if len(table) == 0:
         raise ValueError("the label table has no images; nothing to prepare")
     out_dir = Path(out_dir)
@@ -266,6 +294,7 @@ def prepare(
         "paths_digest": _paths_digest(table),
         "labels_digest": _labels_digest(table),
         "stamps_digest": _digest(stamps.tobytes()),
+        "dicom": policy.to_dict(),
     }
     notes: list[str] = []
     status, reasons = _resume_state(out_dir, table, wanted, stamps, overwrite, notes)
@@ -291,9 +320,19 @@ def prepare(
     _atomic_save_npy(out_dir / "status.npy", status)
 
     pending = np.flatnonzero(status == PENDING).tolist()
-    decoded = _decode(
-        table, pixels_path, settings, status, reasons, pending, out_dir, workers, progress
-    )
+    with dicom_policy(policy):
+        decoded = _decode(
+            table,
+            pixels_path,
+            settings,
+            status,
+            reasons,
+            pending,
+            out_dir,
+            workers,
+            progress,
+            policy,
+        )
     rejects = _write_rejects(out_dir, table, status, reasons)
     manifest.update(
         state="complete",
@@ -358,6 +397,13 @@ def _resume_state(out_dir, table, wanted, stamps, overwrite, notes):
             "Use another output folder, or pass overwrite (--overwrite) to rebuild it."
         )
     reasons = _read_rejects(out_dir, table)
+    if old.get("dicom") != wanted["dicom"]:  # e.g. --allow-any-modality: the DICOMs again
+        redo = np.flatnonzero([_maybe_dicom(p) for p in table.paths])
+        status[redo] = PENDING
+        for i in redo:
+            reasons.pop(int(i), None)
+        if len(redo):
+            notes.append(f"other DICOM settings than the last run; decoding {len(redo)} again")
     changed = np.flatnonzero((old_stamps != stamps).any(axis=1))
     if len(changed):
         status[changed] = PENDING
@@ -375,7 +421,13 @@ def _resume_state(out_dir, table, wanted, stamps, overwrite, notes):
     return status, reasons
 
 
-def _decode(table, pixels_path, settings, status, reasons, pending, out_dir, workers, progress):
+def _maybe_dicom(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() not in (".png", ".jpg", ".jpeg") and is_dicom(path)
+
+
+def _decode(
+    table, pixels_path, settings, status, reasons, pending, out_dir, workers, progress, dicom=None
+):
     """Decode the pending rows, checkpointing status and rejects; return how many were done."""
     if not pending:
         return 0
@@ -390,17 +442,21 @@ def _decode(table, pixels_path, settings, status, reasons, pending, out_dir, wor
     done = 0
     last = time.monotonic()
     pool = None
-    results: Iterator[list[tuple[int, str, str]]]
+    results: Iterator[tuple[list[tuple[int, str, str]], list[tuple[str, bool]]]]
     try:
         if workers == 1:
-            _worker_init(str(pixels_path), paths, settings.size, settings.fit)
+            _worker_init(str(pixels_path), paths, settings.size, settings.fit, dicom)
             results = map(_worker_run, chunks)
         else:
             pool = mp.get_context("spawn").Pool(
-                workers, _worker_init, (str(pixels_path), paths, settings.size, settings.fit)
+                workers,
+                _worker_init,
+                (str(pixels_path), paths, settings.size, settings.fit, dicom),
             )
             results = pool.imap_unordered(_worker_run, chunks)
-        for result in results:
+        for result, said in results:
+            for text, from_dicom in said:  # the workers' warnings, shown here
+                warnings.warn(text, DicomWarning if from_dicom else UserWarning, stacklevel=2)
             for i, reason, detail in result:
                 if reason:
                     status[i] = REJECTED

@@ -2,7 +2,8 @@
 
 :func:`read_gray` gives float32 ``(H, W)`` in ``[0, 1]``; :func:`fit_square` makes uint8
 ``(size, size)`` of it (aspect kept: pad with black or centre-crop); :func:`load_for_cache`
-does both, fast. Resizing uses Pillow's BILINEAR filter, which Pillow widens when
+does both, fast; :func:`load_bytes` does the same for an image held in memory (an upload).
+Resizing uses Pillow's BILINEAR filter, which Pillow widens when
 downscaling, so it is antialiased (like torchvision's ``Resize(antialias=True)``).
 Failures raise :class:`ImageReadError` naming the file. Pillow's decompression-bomb guard
 stays on and truncated files are refused, never padded.
@@ -10,40 +11,80 @@ stays on and truncated files are refused, never padded.
 
 from __future__ import annotations
 
+import functools
+import io
 import numbers
 import os
 import stat
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydicom
 from PIL import Image, UnidentifiedImageError
-from pydicom.errors import InvalidDicomError
 
 from cxr.choices import FIT_MODES
 
 if TYPE_CHECKING:
-    from pydicom.pixels.decoders.base import Decoder
+    from cxr.dicom import DicomPolicy
 
-get_decoder: Callable[[str], Decoder] | None  # None on pydicom 2.4
-try:  # pydicom >= 3
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
-except ImportError:  # pragma: no cover - pydicom 2.4
-    from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]  # pydicom 2.4 names
+
+@functools.cache
+def _pydicom() -> tuple[Any, ...]:
+    """pydicom's reader and LUT functions, imported on the first DICOM file (importing
+    pydicom takes about 0.6 s, a third of a whole `cxr predict` of one PNG with an ONNX
+    model): ``(pydicom, InvalidDicomError, apply_color_lut, apply_modality_lut,
+    apply_voi_lut, get_decoder, pixel_array)``, the last two None on pydicom 2.4."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    get_decoder: Any
+    pixel_array: Any
+    try:  # pydicom >= 3
+        from pydicom.pixels import (
+            apply_color_lut,
+            apply_modality_lut,
+            apply_voi_lut,
+            get_decoder,
+            pixel_array,
+        )
+    except ImportError:  # pragma: no cover - pydicom 2.4
+        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]  # 2.4 names
+            apply_color_lut,
+            apply_modality_lut,
+            apply_voi_lut,
+        )
+
+        get_decoder = pixel_array = None
+    return (
+        pydicom,
+        InvalidDicomError,
         apply_color_lut,
         apply_modality_lut,
         apply_voi_lut,
+        get_decoder,
+        pixel_array,
     )
 
-    get_decoder = None
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 
-_REASONS = ("missing", "empty", "truncated", "too-large", "unsupported", "unreadable")
+_REASONS = (
+    "missing",
+    "empty",
+    "truncated",
+    "too-large",
+    "too-small",
+    "unsupported",
+    "unreadable",
+    "wrong-modality",
+)
+#: The smallest shorter side (pixels) of an image that is fitted into a square larger than
+#: it: below ``min(MIN_IMAGE_SIDE, size)``, an image is refused ("too-small") rather than
+#: blown up into a flat square. (An image may be as small as the square it fills.)
+MIN_IMAGE_SIDE = 64
 _RESAMPLE = Image.Resampling.BILINEAR
 _PIL_FORMATS = ("PNG", "JPEG")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
@@ -56,7 +97,8 @@ class ImageReadError(Exception):
     """An image that cannot be used.
 
     Attributes: ``path`` (str), ``reason`` (one of ``missing``, ``empty``, ``truncated``,
-    ``too-large``, ``unsupported``, ``unreadable``) and ``detail`` (free text).
+    ``too-large``, ``too-small``, ``unsupported``, ``unreadable``, ``wrong-modality``) and
+    ``detail`` (free text).
     ``str(err)`` is ``"{path}: {reason}: {detail}"``.
     """
 
@@ -81,7 +123,7 @@ def is_dicom(path: _PathLike) -> bool:
         return False
 
 
-def read_gray(path: _PathLike) -> np.ndarray:
+def read_gray(path: _PathLike, dicom: DicomPolicy | None = None) -> np.ndarray:
     """Decode an image to float32 ``(H, W)`` in ``[0, 1]``, 0 = black.
 
     8-bit images give ``v / 255``, 16-bit PNGs ``v / 65535``; RGB, RGBA and palette images
@@ -89,11 +131,13 @@ def read_gray(path: _PathLike) -> np.ndarray:
     LUT (rescale slope/intercept), then VOI LUT or window centre/width when present, then
     min-max scaling of the result to ``[0, 1]`` (a constant image gives zeros); MONOCHROME1
     is inverted so that dense tissue is bright; colour gives luminance; multi-frame gives
-    the first frame. Raises :class:`ImageReadError`.
+    the first frame (with a warning). ``dicom``: which DICOM files are accepted (modality
+    check, multi-frame; :class:`cxr.dicom.DicomPolicy`, default the process-wide one; a
+    CT or MR file is refused as ``wrong-modality``). Raises :class:`ImageReadError`.
     """
     path = _check_file(path)
     if is_dicom(path):
-        return _read_dicom(path)
+        return _read_dicom(path, None, dicom)
     with _open_pil(path) as img:
         _load(img, path, draft_size=img.size)
     return _pil_to_float(img, path)
@@ -118,7 +162,9 @@ def fit_square(image: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
     return _quantise(np.asarray(_fit_pil(pil, size, fit)))
 
 
-def load_for_cache(path: _PathLike, size: int, fit: str = "pad") -> np.ndarray:
+def load_for_cache(
+    path: _PathLike, size: int, fit: str = "pad", dicom: DicomPolicy | None = None
+) -> np.ndarray:
     """Decode an image and fit it into a square: uint8 ``(size, size)``.
 
     Same as ``fit_square(read_gray(path), size, fit)`` within one grey level, but faster:
@@ -128,18 +174,58 @@ def load_for_cache(path: _PathLike, size: int, fit: str = "pad") -> np.ndarray:
     size in both directions (so only when the target is <= 1/4 of the original side);
     libjpeg's scaled decoding is not bit-exact with a full decode, so at sharp edges
     (burned-in text) a few pixels may differ by more than one level (measured on NIH X-rays
-    as JPEG, 1024 -> 224: mean 0.18 levels, 0.6 % of pixels > 1, max 10).
-    Raises :class:`ImageReadError`; a bad size or fit raises ValueError.
+    as JPEG, 1024 -> 224: mean 0.18 levels, 0.6 % of pixels > 1, max 10). ``dicom``: as
+    for :func:`read_gray`. Raises :class:`ImageReadError`; a bad size or fit raises
+    ValueError.
     """
     size = _check_size_fit(size, fit)
     path = _check_file(path)
-    if is_dicom(path):
-        return fit_square(_read_dicom(path), size, fit)
-    with _open_pil(path) as img:
+    return _load_fitted(path, size, fit, None, dicom=is_dicom(path), policy=dicom)
+
+
+def load_bytes(
+    data: bytes,
+    size: int,
+    fit: str = "pad",
+    name: str = "<bytes>",
+    dicom: DicomPolicy | None = None,
+) -> np.ndarray:
+    """:func:`load_for_cache` of an image held in memory (e.g. an upload): the same pixels
+    as for a file of these bytes, and nothing is written to disk.
+
+    The format is decided from the bytes alone (``DICM`` at byte 128: DICOM; otherwise PNG
+    or JPEG by their signatures), never from ``name``, which only names the image in
+    errors. ``dicom``: as for :func:`read_gray` (a CT or MR upload is refused as
+    ``wrong-modality`` by default). Raises :class:`ImageReadError`; a bad size or fit
+    raises ValueError.
+    """
+    size = _check_size_fit(size, fit)
+    data = bytes(data)
+    if not data:
+        raise ImageReadError(name, "empty", "file has zero bytes")
+    return _load_fitted(name, size, fit, data, dicom=data[128:132] == b"DICM", policy=dicom)
+
+
+def _load_fitted(
+    path: str,
+    size: int,
+    fit: str,
+    data: bytes | None,
+    dicom: bool,
+    policy: DicomPolicy | None = None,
+) -> np.ndarray:
+    """The body of :func:`load_for_cache` / :func:`load_bytes`: decode the file ``path`` (or
+    ``data``, named ``path`` in errors) and fit it into a square."""
+    if dicom:
+        decoded = _read_dicom(path, data, policy)
+        _check_side(path, decoded.shape[1], decoded.shape[0], size)
+        return fit_square(decoded, size, fit)
+    with _open_pil(path, data) as img:
         w, h = img.size
+        _check_side(path, w, h, size)
         scale = size / (max(w, h) if fit == "pad" else min(w, h))
         target = (max(1, round(2 * w * scale)), max(1, round(2 * h * scale)))
-        box = _load(img, path, draft_size=target)
+        box = _load(img, path, draft_size=target, data=data)
     if img.mode not in _MODES_8BIT:
         return fit_square(_pil_to_float(img, path), size, fit)
     gray = img if img.mode == "L" else _to_l(img)
@@ -147,6 +233,17 @@ def load_for_cache(path: _PathLike, size: int, fit: str = "pad") -> np.ndarray:
 
 
 # helpers -------------------------------------------------------------------------------
+def _check_side(path: str, width: int, height: int, size: int) -> None:
+    least = min(MIN_IMAGE_SIDE, size)
+    if min(width, height) < least:
+        raise ImageReadError(
+            path,
+            "too-small",
+            f"{width}x{height} pixels; the shorter side must be at least {least} pixels to "
+            f"fill a {size}x{size} input (a smaller image would be blown up into a flat square)",
+        )
+
+
 def _check_size_fit(size: int, fit: str) -> int:
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ValueError(f"size must be a positive integer (pixels), got {size!r}")
@@ -174,31 +271,34 @@ def _check_file(path: _PathLike) -> str:
 
 
 @contextmanager
-def _open_pil(path: str) -> Iterator[Image.Image]:
-    """Open a PNG/JPEG with the decompression-bomb warning turned into an error."""
+def _open_pil(path: str, data: bytes | None = None) -> Iterator[Image.Image]:
+    """Open a PNG/JPEG (the file ``path``, or ``data`` when given) with the
+    decompression-bomb warning turned into an error."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=_PIL_FORMATS)
+            img = Image.open(path if data is None else io.BytesIO(data), formats=_PIL_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageReadError(path, "too-large", str(err)) from None
     except FileNotFoundError:
         detail = "a symbolic link to a missing file" if os.path.islink(path) else "no such file"
         raise ImageReadError(path, "missing", detail) from None
     except UnidentifiedImageError:
-        kind, complete = _signature(path)
+        kind, complete = _signature(path, data)
         if kind is None:
             raise ImageReadError(path, "unsupported", "not a PNG or JPEG image") from None
         if not complete:
             raise ImageReadError(path, "truncated", f"{kind} cut short in its header") from None
         raise ImageReadError(path, "unreadable", f"corrupt {kind} header") from None
     except Exception as err:
-        raise _decode_error(path, err) from None
+        raise _decode_error(path, err, data) from None
     with img:
         yield img
 
 
-def _load(img: Image.Image, path: str, draft_size: tuple[int, int]) -> tuple[float, ...] | None:
+def _load(
+    img: Image.Image, path: str, draft_size: tuple[int, int], data: bytes | None = None
+) -> tuple[float, ...] | None:
     """Decode fully; JPEGs at the smallest power-of-two scale >= ``draft_size``.
 
     Returns the box of ``img`` that holds the whole original image (None = all of it).
@@ -207,26 +307,30 @@ def _load(img: Image.Image, path: str, draft_size: tuple[int, int]) -> tuple[flo
         drafted = img.draft("L", draft_size) if img.format == "JPEG" else None
         img.load()
     except Exception as err:
-        raise _decode_error(path, err) from None
+        raise _decode_error(path, err, data) from None
     return drafted[1] if drafted else None
 
 
-def _decode_error(path: str, err: Exception) -> ImageReadError:
+def _decode_error(path: str, err: Exception, data: bytes | None = None) -> ImageReadError:
     text = f"{type(err).__name__}: {err}"
-    kind, complete = _signature(path)
+    kind, complete = _signature(path, data)
     truncated = "truncated" in str(err).lower() or (kind is not None and not complete)
     return ImageReadError(path, "truncated" if truncated else "unreadable", text)
 
 
-def _signature(path: str) -> tuple[str | None, bool]:
-    """("PNG" | "JPEG" | None by magic bytes, whether the file ends with IEND / EOI)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(max(0, os.path.getsize(path) - 16))
-            tail = f.read().rstrip(b"\0")
-    except OSError:
-        return None, True
+def _signature(path: str, data: bytes | None = None) -> tuple[str | None, bool]:
+    """("PNG" | "JPEG" | None by magic bytes, whether the file (or ``data``) ends with
+    IEND / EOI)."""
+    if data is not None:
+        head, tail = data[:8], data[-16:].rstrip(b"\0")
+    else:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+                f.seek(max(0, os.path.getsize(path) - 16))
+                tail = f.read().rstrip(b"\0")
+        except OSError:
+            return None, True
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG", tail.endswith(b"IEND\xaeB`\x82")
     if head.startswith(b"\xff\xd8"):
@@ -287,55 +391,10 @@ def _quantise(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.nan_to_num(x) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _read_dicom(path: str) -> np.ndarray:
-    try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as err:
-        raise ImageReadError(path, "unsupported", f"not a DICOM file: {err}") from None
-    except Exception as err:
-        raise _dicom_error(path, err) from None
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageReadError(path, "unreadable", "DICOM has no pixel data")
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and syntax.is_compressed and get_decoder is not None:
-        try:
-            decoder = get_decoder(syntax)
-            missing = "" if decoder.is_available else "; ".join(decoder.missing_dependencies)
-        except NotImplementedError:
-            missing = "no decoder exists in pydicom"
-        if missing:
-            detail = (
-                f"transfer syntax {syntax.name} ({syntax}) needs a pydicom decoding plugin "
-                "that is not installed (e.g. pylibjpeg with pylibjpeg-libjpeg or "
-                f"pylibjpeg-openjpeg, or python-gdcm): {missing}"
-            )
-            raise ImageReadError(path, "unreadable", detail)
-    try:
-        arr = ds.pixel_array
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            arr = arr[0]
-        if photometric == "PALETTE COLOR":
-            arr = apply_color_lut(arr, ds)
-        if arr.ndim == 3:  # colour (pydicom converts YBR to RGB): luminance
-            x = arr[..., :3].astype(np.float64) @ _LUMA.astype(np.float64)
-        else:
-            x = apply_voi_lut(apply_modality_lut(arr, ds), ds).astype(np.float64)
-    except Exception as err:
-        raise _dicom_error(path, err) from None
-    if x.ndim != 2 or x.size == 0:
-        raise ImageReadError(path, "unreadable", f"DICOM pixel array has shape {x.shape}")
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ImageReadError(path, "unreadable", "DICOM pixel data holds non-finite values")
-    out = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
-    if photometric == "MONOCHROME1":
-        out = 1.0 - out
-    return out.astype(np.float32)
+def _read_dicom(
+    path: str, data: bytes | None = None, policy: DicomPolicy | None = None
+) -> np.ndarray:
+    """The DICOM branch: :func:`cxr.dicom.read_dicom` (imported here, on the first DICOM)."""
+    from cxr.dicom import read_dicom
 
-
-def _dicom_error(path: str, err: Exception) -> ImageReadError:
-    text = f"{type(err).__name__}: {err}"
-    if isinstance(err, EOFError) or "less than expected" in str(err) or "truncat" in str(err):
-        return ImageReadError(path, "truncated", text)
-    return ImageReadError(path, "unreadable", text)
+    return read_dicom(path, data, policy)

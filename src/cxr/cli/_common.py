@@ -121,6 +121,18 @@ def add_source_options(p: argparse.ArgumentParser, many: bool = True) -> None:
         "dataset folder (../x.png; refused by default)",
     )
     g.add_argument(
+        "--dicom-labels",
+        type=Path,
+        metavar="CSV",
+        help="DICOM folder: the labels CSV (default: the one CSV in the folder, if any)",
+    )
+    g.add_argument(
+        "--dicom-join",
+        choices=("sop", "accession", "file"),
+        help="DICOM folder: join the labels by SOPInstanceUID, AccessionNumber or file path "
+        "(default: the first of these columns the CSV has)",
+    )
+    g.add_argument(
         "--labels",
         help="comma-separated labels to keep, in this order (default: all labels of the dataset)",
     )
@@ -135,6 +147,8 @@ _READER_FLAGS = {
     "patient_column": "--patient-column",
     "image_root": "--image-root",
     "allow_outside": "--allow-outside-paths",
+    "labels_csv": "--dicom-labels",
+    "join": "--dicom-join",
 }
 
 
@@ -154,6 +168,10 @@ def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
         options["image_root"] = args.image_root
     if getattr(args, "allow_outside_paths", False):
         options["allow_outside"] = True
+    if getattr(args, "dicom_labels", None):
+        options["labels_csv"] = args.dicom_labels
+    if getattr(args, "dicom_join", None):
+        options["join"] = args.dicom_join
     return options
 
 

@@ -7,7 +7,9 @@ Formats (:data:`FORMATS`):
 - ``csv``: a plain CSV with an image column and 0/1 label columns (:func:`read_csv_table`),
   including tables saved by :meth:`LabelTable.save_csv`;
 - ``folders``: one folder per class (:func:`read_class_folders`);
-- ``list``: a ``.txt`` of image names, without labels (:func:`read_image_list`).
+- ``list``: a ``.txt`` of image names, without labels (:func:`read_image_list`);
+- ``dicom``: a folder of DICOM files, patients and views from the tags, labels from an
+  optional CSV (:func:`read_dicom_folder`).
 
 :func:`load_dataset` detects the format from the files present (see
 :func:`detect_format`) unless ``format=`` says it. Every reader returns absolute image
@@ -35,6 +37,7 @@ from cxr.datasets.common import (
     list_dir,
 )
 from cxr.datasets.csv_table import NoPatientColumnWarning, read_csv_table
+from cxr.datasets.dicom_folder import find_dicom_files, has_dicom_files, read_dicom_folder
 from cxr.datasets.folders import SPLIT_FOLDER_NAMES, patient_from_name, read_class_folders
 from cxr.datasets.image_list import read_image_list
 from cxr.datasets.nih import find_nih_csv, has_nih_header, is_data_entry_name, read_nih
@@ -50,14 +53,15 @@ READERS: dict[str, Callable[..., LabelTable]] = {
     "csv": read_csv_table,
     "folders": read_class_folders,
     "list": read_image_list,
+    "dicom": read_dicom_folder,
 }
 
 _LOOKED_FOR = (
     "looked for: a Data_Entry*.csv[.gz] or a CSV with 'Image Index' and 'Finding Labels' "
     "columns (nih); train.csv/valid.csv with a 'Path' column and CheXpert columns "
     "(chexpert); a .txt list of image names (list); a folder with exactly one CSV, or any "
-    "other CSV file (csv); subfolders holding images (folders). Pass format= one of "
-    f"{list(FORMATS)} to choose"
+    "other CSV file (csv); subfolders holding images (folders); DICOM files (dicom). Pass "
+    f"format= one of {list(FORMATS)} to choose"
 )
 
 
@@ -88,8 +92,9 @@ def detect_format(source: str | os.PathLike[str]) -> str:
     -> ``nih``; a CSV with ``Path`` plus CheXpert observation or ``Frontal/Lateral``
     columns -> ``chexpert``; a ``.txt`` -> ``list``; any other CSV -> ``csv``.
     A folder, in this order: holding an NIH metadata CSV -> ``nih``; holding a CheXpert
-    ``train.csv``/``valid.csv`` -> ``chexpert``; holding exactly one CSV -> that CSV's
-    format; subfolders holding images -> ``folders``.
+    ``train.csv``/``valid.csv`` -> ``chexpert``; DICOM files at its top level and at most
+    one CSV (the labels) -> ``dicom``; holding exactly one CSV -> that CSV's format;
+    subfolders holding images -> ``folders``; DICOM files further down -> ``dicom``.
 
     Raises:
         DatasetError: the source is missing or matches none of these (the message lists
@@ -111,12 +116,16 @@ def detect_format(source: str | os.PathLike[str]) -> str:
         return "chexpert"
     entries = list_dir(path)
     csvs = [e.path for e in entries if e.is_file() and is_csv_name(e.name)]
+    if len(csvs) <= 1 and has_dicom_files(path):
+        return "dicom"
     if len(csvs) == 1:
         return _csv_format(csvs[0])
     image_dirs = [e.name for e in entries if e.is_dir() and _has_images_below(e.path, depth=2)]
     # A lone images/ folder beside several CSVs is not a class layout: ask which CSV.
     if image_dirs and not (csvs and image_dirs == ["images"]):
         return "folders"
+    if not csvs and find_dicom_files(path):
+        return "dicom"
     found = f" (found CSVs {[os.path.basename(c) for c in csvs]})" if csvs else ""
     raise DatasetError(f"cannot tell the format of the folder {path}{found}; {_LOOKED_FOR}")
 
@@ -214,6 +223,7 @@ __all__ = [
     "read_chexpert",
     "read_class_folders",
     "read_csv_table",
+    "read_dicom_folder",
     "read_image_list",
     "read_nih",
     "reader_options",
