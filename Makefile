@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo lint test clean
+.PHONY: install chromium demo lint test clean
 
 $(BIN)/cxr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,24 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: lint
+# The browser test of `cxr serve` drives Debian's Chromium, headless. A target of its own
+# (the virtual environment above is rebuilt only when pyproject.toml changes): installed
+# once with apt-get when run as root; otherwise it stops and says what to do. CXR_CHROMIUM
+# names another Chromium binary.
+chromium:
+	@if [ -n "$$CXR_CHROMIUM" ] && [ -x "$$CXR_CHROMIUM" ]; then exit 0; fi; \
+	if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Chromium for the browser test of cxr serve (apt-get)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "make: the browser test of cxr serve needs Chromium: run 'sudo apt-get install" \
+			"chromium' (Debian) or 'sudo make chromium', or set CXR_CHROMIUM to a Chromium" \
+			"binary" >&2; \
+		exit 1; \
+	fi
+
+test: lint chromium
 	$(BIN)/python -m pytest -q
 
 clean:
