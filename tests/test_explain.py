@@ -165,10 +165,16 @@ def test_overlay_and_png(tmp_path):
     assert np.array_equal(rgb[50, 5], np.repeat(img[50, 5], 3))  # cold: the gray image
     assert not np.array_equal(rgb[15, 35], np.repeat(img[15, 35], 3))  # hot: coloured
     e = Explanation("Effusion", 0.8712, heat, "gradcam++")
-    fig = explanation_figure(img, e)
+    fig = explanation_figure(img, e, source="/data/patient_0042/view1.png", threshold=0.5)
     texts = [t.get_text() for t in fig.texts] + [ax.get_title() for ax in fig.axes]
-    assert any("Effusion p=0.87" in t for t in texts)
+    texts += [fig._suptitle.get_text()] if fig._suptitle else []
+    assert any("Effusion: p = 0.87 (threshold 0.50: reached)" in t for t in texts), texts
     assert any(RESEARCH_NOTICE in t for t in texts)
+    assert "view1.png" in texts  # the file name over the image
+    assert len(fig.axes) == 3  # image, overlay and the overlay's colour bar
+    assert "relevance" in fig.axes[2].get_ylabel()
+    below = explanation_figure(img, Explanation("Effusion", 0.2, heat), threshold=0.31)
+    assert "(threshold 0.31: not reached)" in below._suptitle.get_text()
     path = save_explanation_png(tmp_path / "sub" / "x.png", img, e)
     with Image.open(path) as png:
         assert png.format == "PNG" and png.size[0] > 2 * png.size[1] * 0.8

@@ -30,16 +30,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from cxr import RESEARCH_NOTICE
 from cxr.choices import CAM_METHODS
-from cxr.models.classifier import ChestClassifier
 from cxr.preprocessing import to_model_input
+
+if TYPE_CHECKING:  # torch is imported where it is used: the records and figures need none
+    import torch
+
+    from cxr.models.classifier import ChestClassifier
 
 __all__ = [
     "CAM_METHODS",
@@ -100,6 +102,8 @@ def check_method(method: str) -> str:
 
 
 def _check_model(model: object) -> ChestClassifier:
+    from cxr.models.classifier import ChestClassifier
+
     if not isinstance(model, ChestClassifier):
         raise TypeError(
             f"model must be a cxr ChestClassifier (e.g. load_model(path).model), "
@@ -109,6 +113,8 @@ def _check_model(model: object) -> ChestClassifier:
 
 
 def _label_indices(label_index: int | Sequence[int], batch: int, n_labels: int) -> torch.Tensor:
+    import torch
+
     if isinstance(label_index, bool):
         raise ValueError("label_index must be a label index or one index per image, got a bool")
     if isinstance(label_index, (int, np.integer)):
@@ -130,6 +136,8 @@ def _label_indices(label_index: int | Sequence[int], batch: int, n_labels: int) 
 
 def _weights(acts: torch.Tensor, grads: torch.Tensor, method: str) -> torch.Tensor:
     """Channel weights (B, C) from activations and gradients (B, C, h, w)."""
+    import torch
+
     if method == "gradcam":
         return grads.mean(dim=(2, 3))
     g2 = grads.pow(2)
@@ -158,6 +166,9 @@ def grad_cam_maps(
         label_index: the label explained: one index for all images or one per image.
         method: ``"gradcam"`` or ``"gradcam++"``.
     """
+    import torch
+    import torch.nn.functional as F
+
     model = _check_model(model)
     method = check_method(method)
     x = torch.as_tensor(x)
@@ -217,6 +228,8 @@ def grad_cam(
 
 def _as_input(image: np.ndarray) -> torch.Tensor:
     """uint8 (S, S) -> float (1, 1, S, S) by the one pixels-to-input path."""
+    import torch
+
     image = np.asarray(image)
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(
@@ -247,6 +260,8 @@ def explain(
     Returns:
         One :class:`Explanation` per label, heatmaps float32 (S, S) in [0, 1].
     """
+    import torch
+
     model = _check_model(model)
     method = check_method(method)
     x = _as_input(image)
@@ -304,10 +319,9 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     if image.ndim != 2 or heatmap.ndim != 2:
         raise ValueError(f"image and heatmap must be 2-D, got {image.shape} and {heatmap.shape}")
     if heatmap.shape != image.shape:
-        t = torch.from_numpy(np.ascontiguousarray(heatmap))[None, None]
-        heatmap = F.interpolate(t, size=image.shape, mode="bilinear", align_corners=False)[
-            0, 0
-        ].numpy()
+        from cxr.explain_cam import resize_bilinear
+
+        heatmap = resize_bilinear(heatmap[None], image.shape)[0]
     heat = np.clip(np.nan_to_num(heatmap), 0.0, 1.0)
     gray = np.repeat((image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
     colour = colormaps["jet"](heat)[..., :3].astype(np.float32)
@@ -315,10 +329,27 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     return np.clip(np.rint(((1.0 - w) * gray + w * colour) * 255.0), 0, 255).astype(np.uint8)
 
 
-def explanation_figure(image: np.ndarray, explanation: Explanation, dpi: int = 100):
-    """A matplotlib ``Figure`` (Agg canvas, no pyplot): the image (left) beside the heatmap
-    overlay (right), titled ``"<label> p=0.87"``, the research-use notice at the bottom."""
+def explanation_figure(
+    image: np.ndarray,
+    explanation: Explanation,
+    dpi: int = 100,
+    *,
+    source: str | os.PathLike[str] = "",
+    threshold: float | None = None,
+):
+    """A matplotlib ``Figure`` (Agg canvas, no pyplot): the image (left, titled with its file
+    name) beside the heatmap overlay (right) with a colour bar of the heatmap's scale; the
+    title gives the label, the probability and, when known, the decision threshold and
+    whether it is reached; the research-use notice at the bottom.
+
+    Args:
+        source: the image's file (its name is shown; empty: not shown).
+        threshold: the label's decision threshold (probability), e.g. the model file's.
+    """
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     image = np.asarray(image)
@@ -326,34 +357,53 @@ def explanation_figure(image: np.ndarray, explanation: Explanation, dpi: int = 1
         raise ValueError(f"image must be uint8 (S, S), got {image.dtype} shape {image.shape}")
     if not isinstance(explanation, Explanation):
         raise TypeError(f"explanation must be an Explanation, got {type(explanation).__name__}")
-    fig = Figure(figsize=(8.0, 4.6), dpi=dpi)
+    fig = Figure(figsize=(8.6, 4.8), dpi=dpi)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     left.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
-    left.set_title("image")
+    name = os.path.basename(os.fspath(source)) if source else ""
+    if len(name) > 48:
+        name = name[:22] + "..." + name[-23:]
+    left.set_title(name or "image", fontsize=9)
     right.imshow(overlay(image, explanation.heatmap), interpolation="bilinear")
-    name = "Grad-CAM++" if explanation.method == "gradcam++" else "Grad-CAM"
-    right.set_title(f"{name} overlay")
+    method = "Grad-CAM++" if explanation.method == "gradcam++" else "Grad-CAM"
+    right.set_title(f"{method} overlay", fontsize=9)
     for ax in (left, right):
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{explanation.label} p={explanation.probability:.2f}", fontsize=13)
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(0.0, 1.0), colormaps["jet"]), ax=right, fraction=0.046, pad=0.03
+    )
+    bar.set_label("relevance (0 = none, 1 = most)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    title = f"{explanation.label}: p = {explanation.probability:.2f}"
+    if threshold is not None and np.isfinite(threshold):
+        reached = "reached" if explanation.probability >= threshold else "not reached"
+        title += f" (threshold {threshold:.2f}: {reached})"
+    fig.suptitle(title, fontsize=12)
     footer = RESEARCH_NOTICE + (f"\nNote: {explanation.note}" if explanation.note else "")
     fig.text(0.5, 0.02, footer, ha="center", va="bottom", fontsize=7, wrap=True)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.12, wspace=0.04)
+    fig.subplots_adjust(left=0.02, right=0.94, top=0.86, bottom=0.12, wspace=0.06)
     return fig
 
 
 def save_explanation_png(
-    path: str | os.PathLike[str], image: np.ndarray, explanation: Explanation, dpi: int = 100
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    explanation: Explanation,
+    dpi: int = 100,
+    *,
+    source: str | os.PathLike[str] = "",
+    threshold: float | None = None,
 ) -> str:
     """Write :func:`explanation_figure` as a PNG (folders created); returns the path.
 
     Args:
         image: uint8 (S, S) pixels the heatmap was computed on.
         explanation: from :func:`explain`.
+        source, threshold: the image's file and the label's threshold, shown in the figure.
     """
-    fig = explanation_figure(image, explanation, dpi)
+    fig = explanation_figure(image, explanation, dpi, source=source, threshold=threshold)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, format="png")

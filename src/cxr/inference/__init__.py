@@ -5,7 +5,9 @@
 >>> print(predictor.predict_images(["scan.png"]).to_text())   # doctest: +SKIP
 
 - :class:`Predictor` — preprocessing (the model file's record), batching, TTA, thresholds;
-- :mod:`~cxr.inference.backends` — what runs the network (:class:`TorchBackend` today);
+- :mod:`~cxr.inference.backends` — what runs the network: :class:`TorchBackend`, or
+  :class:`~cxr.inference.onnx_backend.OnnxBackend` for a ``.onnx`` file from ``cxr export``
+  (ONNX Runtime, no torch imported);
 - :class:`PredictionResult` / :class:`ImagePrediction` — the records, as text, JSON or CSV;
 - :func:`list_images` — files and folders to image files; :func:`tta_views` — TTA.
 
@@ -14,6 +16,7 @@ Research use only: the outputs are not a diagnosis.
 
 from cxr.inference.backends import BACKENDS, Backend, TorchBackend, open_backend
 from cxr.inference.files import list_images
+from cxr.inference.onnx_backend import OnnxBackend
 from cxr.inference.predictor import Predictor, predict_images
 from cxr.inference.results import ImagePrediction, PredictionResult
 from cxr.inference.tta import TTA_SHIFT, tta_shift, tta_views
@@ -23,6 +26,7 @@ __all__ = [
     "TTA_SHIFT",
     "Backend",
     "ImagePrediction",
+    "OnnxBackend",
     "PredictionResult",
     "Predictor",
     "TorchBackend",

@@ -3,23 +3,14 @@
 >>> from cxr.models import ModelSpec, build_model
 >>> model = build_model(ModelSpec(labels=("Effusion", "Cardiomegaly")))  # random weights
 >>> # build_model(spec, pretrained="imagenet") loads ImageNet weights found locally
+
+The registry, :class:`ModelSpec` and :class:`Preprocessing` import no torch (reading a model
+file's metadata, e.g. for ONNX Runtime, needs none); the classifier and the pretrained
+weights load torch on first use of their names.
 """
 
-from cxr.models.classifier import (
-    ChestClassifier,
-    ClassifierHead,
-    GeM,
-    build_model,
-    freeze_backbone,
-    parameter_groups,
-    unfreeze_backbone,
-)
-from cxr.models.pretrained import (
-    PretrainedWeightsError,
-    WeightsNotFoundError,
-    find_pretrained,
-    load_pretrained,
-)
+from typing import TYPE_CHECKING, Any
+
 from cxr.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -32,6 +23,52 @@ from cxr.models.registry import (
 )
 from cxr.models.spec import HeadConfig, ModelSpec
 from cxr.preprocessing import Preprocessing, to_model_input
+
+if TYPE_CHECKING:
+    from cxr.models.classifier import (
+        ChestClassifier,
+        ClassifierHead,
+        GeM,
+        build_model,
+        freeze_backbone,
+        parameter_groups,
+        unfreeze_backbone,
+    )
+    from cxr.models.pretrained import (
+        PretrainedWeightsError,
+        WeightsNotFoundError,
+        find_pretrained,
+        load_pretrained,
+    )
+
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "ChestClassifier",
+            "ClassifierHead",
+            "GeM",
+            "build_model",
+            "freeze_backbone",
+            "parameter_groups",
+            "unfreeze_backbone",
+        ),
+        "cxr.models.classifier",
+    ),
+    **dict.fromkeys(
+        ("PretrainedWeightsError", "WeightsNotFoundError", "find_pretrained", "load_pretrained"),
+        "cxr.models.pretrained",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # torch is loaded on first use of a name that needs it
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cxr.models' has no attribute {name!r}")
+
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported by the builders only: reading a ModelSpec needs none
+    from torch import nn
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -169,6 +171,7 @@ def get_backbone(name: str) -> BackboneEntry:
 def _densenet_builder(variant: str) -> Callable[[], Backbone]:
     def build() -> Backbone:
         from monai.networks.nets import DenseNet121, DenseNet169, DenseNet201
+        from torch import nn
 
         cls = {"121": DenseNet121, "169": DenseNet169, "201": DenseNet201}[variant]
         features = cls(spatial_dims=2, in_channels=3, out_channels=1).features
