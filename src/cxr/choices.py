@@ -11,6 +11,7 @@ __all__ = [
     "DATASET_FORMATS",
     "DEVICE_HELP",
     "FIT_MODES",
+    "MULTIFRAME_MODES",
     "OUTPUT_FORMATS",
     "POOLS",
     "PRECISIONS",
@@ -24,11 +25,15 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: How an image is fitted into the model's square: pad the short side, or crop the long.
 FIT_MODES: tuple[str, ...] = ("pad", "crop")
 #: Dataset formats :func:`cxr.datasets.load_dataset` reads.
-DATASET_FORMATS: tuple[str, ...] = ("nih", "chexpert", "csv", "folders", "list")
+DATASET_FORMATS: tuple[str, ...] = ("nih", "chexpert", "csv", "folders", "list", "dicom")
+#: What to do with a multi-frame DICOM: use its first frame (with a warning), or refuse it.
+MULTIFRAME_MODES: tuple[str, ...] = ("first", "refuse")
 #: Heatmap methods of :mod:`cxr.explain`.
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
 #: How operating thresholds are chosen on validation data (:mod:`cxr.evaluation.thresholds`).
 THRESHOLD_METHODS: tuple[str, ...] = ("youden", "sensitivity")
+#: Probability calibration fitted on validation (:mod:`cxr.calibration`); "none" = off.
+CALIBRATIONS: tuple[str, ...] = ("platt", "temperature", "isotonic", "none")
 #: Output formats of prediction results.
 OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "csv")
 #: What a ``device`` setting may name.

@@ -98,8 +98,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "--model",
         type=Path,
         metavar="MODEL",
-        help="model file (.safetensors from cxr train) to run on SOURCE; its stored thresholds "
-        "give the operating points unless --thresholds-from is given",
+        help="model file (.safetensors from cxr train, or .onnx from cxr export) to run on "
+        "SOURCE; its stored thresholds give the operating points unless --thresholds-from is "
+        "given",
     )
     p.add_argument(
         "--predictions",
@@ -115,6 +116,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="images per batch for --model (default: %(default)s)",
     )
     add_progress(p)
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="--model: evaluate the raw scores, not the calibrated probabilities (the report "
+        "shows ECE and Brier before and after calibration either way)",
+    )
     p.add_argument(
         "--thresholds-from",
         type=Path,
@@ -208,6 +215,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            raw=args.raw,
             **options,
         )
     elif args.predictions is not None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr.evaluation.metrics import OperatingPoint
+from cxr.evaluation.metrics import OperatingPoint, ReliabilityBins
 
 __all__ = ["NO_THRESHOLDS", "OP_KEYS", "LabelCurves", "LabelResult", "fmt", "json_safe"]
 
@@ -68,6 +68,9 @@ class LabelResult:
     ece: float = math.nan
     operating: OperatingPoint | None = None
     note: str = ""
+    brier: float = math.nan
+    #: per-bin calibration of this label (the per-label reliability diagram)
+    reliability: ReliabilityBins | None = field(default=None, repr=False)
 
     @property
     def n_negative(self) -> int:
@@ -92,6 +95,7 @@ class LabelResult:
             "ci_resamples": self.ci_resamples,
             "average_precision": self.average_precision,
             "ece": self.ece,
+            "brier": self.brier,
         }
         op = self.operating.to_dict() if self.operating else {}
         out.update({k: op.get(k) for k in OP_KEYS})

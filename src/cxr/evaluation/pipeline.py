@@ -11,6 +11,7 @@ images are refused. Both return an :class:`Evaluation` with ``to_text()`` and ``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,6 +276,7 @@ def evaluate_model(
     allow_missing: bool = False,
     allow_duplicates: bool = False,
     progress: bool = False,
+    raw: bool = False,
 ) -> Evaluation:
     """Run a model on ``source`` and evaluate it against the source's labels.
 
@@ -289,18 +291,38 @@ def evaluate_model(
         labels: labels to evaluate (default: those both sides have).
         n_bootstrap, seed: patient-bootstrap resamples for the AUC CIs (0 skips them).
         allow_missing: evaluate the images that could be read when some cannot.
+        raw: evaluate the model's raw scores, not its calibrated probabilities (with a
+            calibration, the report shows ECE and Brier score before and after it either
+            way).
     """
+    from cxr.evaluation.calibration_check import calibration_table, refuse_calibration_source
     from cxr.inference import Predictor
 
     predictor = (
         model
         if isinstance(model, Predictor)
-        else Predictor(model, device=device, batch_size=batch_size)
+        else Predictor(model, device=device, batch_size=batch_size, calibrated=not raw)
     )
+    calibration = predictor.calibration
+    if calibration is not None:
+        refuse_calibration_source(calibration, source, str(predictor.path))
+        # predict raw once; the calibrated probabilities are a map of them
+        uncalibrated = Predictor(
+            predictor.backend, batch_size=predictor.batch_size, tta=predictor.tta, calibrated=False
+        )
     table = load_labels(source, format)
     preds = predict_source(
-        predictor, source, table, format=format, allow_missing=allow_missing, progress=progress
+        predictor if calibration is None else uncalibrated,
+        source,
+        table,
+        format=format,
+        allow_missing=allow_missing,
+        progress=progress,
     )
+    raw_preds = preds
+    if calibration is not None:
+        calibrated = calibration.apply(preds.probs, list(preds.pathologies))
+        preds = dataclasses.replace(preds, probs=calibrated.astype(np.float64))
     options = {
         "labels": labels,
         "allow_missing": allow_missing,
@@ -318,6 +340,17 @@ def evaluate_model(
         options,
         None,
     )
+    if calibration is not None:
+        aligned = align(table, preds, labels, allow_missing, allow_duplicates)
+        before = align(table, raw_preds, labels, allow_missing, allow_duplicates)
+        report.calibration = calibration_table(
+            aligned.labels,
+            before.probs,
+            aligned.probs,
+            list(aligned.report.pathologies),
+            calibration,
+            report.settings.get("n_bins", 10),
+        )
     return Evaluation(report, thresholds, preds)
 
 

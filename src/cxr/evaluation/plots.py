@@ -190,6 +190,33 @@ def reliability_png(
     return _png(fig)
 
 
+def reliability_labels_png(
+    labels: Mapping[str, ReliabilityBins], ece: Mapping[str, float], cols: int = 4
+) -> bytes:
+    """One small reliability diagram per label (observed fraction positive against mean
+    predicted probability per bin, marker area by bin count), with the label's ECE."""
+    names = [n for n, b in labels.items() if b.count.sum()]
+    rows = max(1, -(-len(names) // cols))
+    fig = Figure(figsize=(2.6 * cols, 2.5 * rows + 0.4), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[len(names) :]:
+        ax.set_axis_off()
+    for ax, name in zip(axes, names, strict=False):
+        b = labels[name]
+        full = b.count > 0
+        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=0.7)
+        sizes = 8 + 60 * b.count[full] / max(b.count.max(), 1)
+        ax.plot(b.mean_predicted[full], b.fraction_positive[full], "-", color="C0", lw=1)
+        ax.scatter(b.mean_predicted[full], b.fraction_positive[full], s=sizes, color="C0")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+        ax.set_title(f"{name} (ECE {ece.get(name, float('nan')):.3f})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.supxlabel("predicted probability", fontsize=8)
+    fig.supylabel("observed fraction positive", fontsize=8)
+    return _png(fig)
+
+
 def auc_diff_png(rows: Sequence[ComparisonRow], names: tuple[str, str]) -> bytes:
     """AUC difference (A - B) per label with its bootstrap CI (forest plot)."""
     rows = [r for r in rows if np.isfinite(r.diff)]

@@ -24,7 +24,14 @@ from pathlib import Path
 
 from cxr.evaluation.comparison import ComparisonReport
 from cxr.evaluation.label_results import NO_THRESHOLDS, LabelCurves, fmt
-from cxr.evaluation.plots import auc_diff_png, pr_all_png, reliability_png, roc_all_png, roc_png
+from cxr.evaluation.plots import (
+    auc_diff_png,
+    pr_all_png,
+    reliability_labels_png,
+    reliability_png,
+    roc_all_png,
+    roc_png,
+)
 from cxr.evaluation.scoring import EvaluationReport
 from cxr.htmlpage import figure as _img
 from cxr.htmlpage import notes as _notes_html
@@ -57,6 +64,7 @@ def render_html(report: EvaluationReport, figures: Mapping[str, bytes]) -> str:
                 f"expected calibration error (pooled, {report.settings.get('n_bins')} bins)",
                 fmt(report.ece),
             ),
+            ("Brier score (pooled)", fmt(report.brier)),
         ],
     )
     excluded = "".join(
@@ -65,7 +73,7 @@ def render_html(report: EvaluationReport, figures: Mapping[str, bytes]) -> str:
     )
     thresholds = html.escape(report.thresholds or "absent: " + NO_THRESHOLDS)
     show_op = any(r.operating for r in report.labels)
-    headers = ["label", "n", "positives", "prevalence", "AUC", f"{pct}% CI", "AP", "ECE"]
+    headers = ["label", "n", "positives", "prevalence", "AUC", f"{pct}% CI", "AP", "ECE", "Brier"]
     op_keys = (
         "threshold",
         "sensitivity",
@@ -102,6 +110,7 @@ def render_html(report: EvaluationReport, figures: Mapping[str, bytes]) -> str:
             f"{fmt(r['auc_ci_low'])} to {fmt(r['auc_ci_high'])}",
             fmt(r["average_precision"]),
             fmt(r["ece"]),
+            fmt(r["brier"]),
         ]
         rows.append(row + ([fmt(r[k]) for k in op_keys] if show_op else []))
     main = [
@@ -110,6 +119,7 @@ def render_html(report: EvaluationReport, figures: Mapping[str, bytes]) -> str:
             ("roc_all", "ROC curves, all labels"),
             ("pr_all", "Precision-recall curves"),
             ("reliability", "Reliability diagram"),
+            ("reliability_labels", "Reliability per label"),
         )
         if k in figures
     ]
@@ -122,12 +132,37 @@ def render_html(report: EvaluationReport, figures: Mapping[str, bytes]) -> str:
     body = (
         f"<ul>{sources}</ul><h2>Summary</h2>{summary}<ul>{excluded}"
         f"<li>operating thresholds: {thresholds}</li></ul>"
-        f"<h2>Per label</h2>{_table(headers, rows)}<h2>Figures</h2>{''.join(main)}"
+        f"<h2>Per label</h2>{_table(headers, rows)}{_calibration_html(report)}"
+        f"<h2>Figures</h2>{''.join(main)}"
         f'<h2>ROC per label</h2><div class="grid">{"".join(per_label)}</div>{_notes_html(notes)}'
         f"<p>AUC CIs: {report.settings.get('n_bootstrap')} bootstrap resamples of patients "
         f"(seed {report.settings.get('seed')}), percentile intervals.</p>"
     )
     return _page("cxr evaluation report", body)
+
+
+def _calibration_html(report: EvaluationReport) -> str:
+    """The before/after calibration table, when the model has a calibration."""
+    c = report.calibration
+    if not c:
+        return ""
+    o = c["overall"]
+    rows = [
+        ("all (pooled)", fmt(o["ece_raw"]), fmt(o["ece"]), fmt(o["brier_raw"]), fmt(o["brier"]), "")
+    ]
+    rows += [
+        (name, fmt(r["ece_raw"]), fmt(r["ece"]), fmt(r["brier_raw"]), fmt(r["brier"]), r["map"])
+        for name, r in c["per_label"].items()
+    ]
+    head = ("label", "ECE raw", "ECE calibrated", "Brier raw", "Brier calibrated", "map")
+    text = (
+        f"Probabilities calibrated with {c['method']}, fitted on "
+        f"{c['source'] or 'validation data'} (never on these images); thresholds are on the "
+        "calibrated scale and make the same decisions as on the raw scores."
+    )
+    return f"<h2>Calibration</h2><p>{html.escape(text)}</p>{_table(head, rows)}" + "".join(
+        f"<p>{html.escape(n)}</p>" for n in c.get("notes", [])
+    )
 
 
 def _write(path: Path, data: bytes | str) -> Path:
@@ -158,6 +193,11 @@ def write_report(
         figures["pr_all"] = pr_all_png(curves)
     if report.reliability.count.sum():
         figures["reliability"] = reliability_png(report.reliability, report.ece)
+    per_label = {r.name: r.reliability for r in report.labels if r.reliability is not None}
+    if per_label:
+        figures["reliability_labels"] = reliability_labels_png(
+            per_label, {r.name: r.ece for r in report.labels}
+        )
     for name, c in curves.items():
         figures[f"roc_{safe_name(name)}"] = roc_png(name, c)
     written = {key: _write(out / f"{key}.png", png) for key, png in figures.items()}

@@ -66,6 +66,11 @@ class EvaluationReport:
     notes: list[str] = field(default_factory=list)
     curves: dict[str, LabelCurves] = field(default_factory=dict, repr=False)
     sources: dict[str, str] = field(default_factory=dict)
+    #: pooled Brier score (mean squared error of the probabilities)
+    brier: float = math.nan
+    #: ECE and Brier before/after the model's calibration
+    #: (:func:`cxr.evaluation.calibration_check.calibration_table`), None without one
+    calibration: dict | None = None
 
     def label(self, name: str) -> LabelResult:
         for row in self.labels:
@@ -89,8 +94,10 @@ class EvaluationReport:
                     "micro_auc": self.micro_auc,
                     "macro_average_precision": self.macro_average_precision,
                     "ece": self.ece,
+                    "brier": self.brier,
                 }.items()
             },
+            "calibration": _json_tree(self.calibration),
             "macro_auc_labels": list(self.macro_auc_labels),
             "excluded_from_macro": dict(self.excluded),
             "thresholds": self.thresholds,
@@ -128,9 +135,14 @@ class EvaluationReport:
             f"macro AUC {fmt(self.macro_auc, 4)} over {len(self.macro_auc_labels)} labels"
             f"{left_out}",
             f"micro AUC {fmt(self.micro_auc, 4)}, macro AP "
-            f"{fmt(self.macro_average_precision, 4)}, ECE {fmt(self.ece, 4)}",
+            f"{fmt(self.macro_average_precision, 4)}, ECE {fmt(self.ece, 4)}, "
+            f"Brier {fmt(self.brier, 4)}",
             f"operating thresholds: {self.thresholds or NO_THRESHOLDS}",
         ]
+        if self.calibration:
+            from cxr.evaluation.calibration_check import calibration_lines
+
+            lines += calibration_lines(self.calibration)
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
@@ -152,12 +164,17 @@ class EvaluationReport:
                 f"| expected calibration error (pooled, {self.settings.get('n_bins')} bins) "
                 f"| {fmt(self.ece)} |"
             ),
+            f"| Brier score (pooled) | {fmt(self.brier)} |",
             "",
         ]
+        if self.calibration:
+            from cxr.evaluation.calibration_check import calibration_markdown
+
+            lines += calibration_markdown(self.calibration)
         for name, why in self.excluded.items():
             lines.append(f"- left out of the macro AUC: **{name}**: {why}")
         show_op = any(r.operating for r in self.labels)
-        head = f"| label | n | positives | prevalence | AUC | {pct}% CI | AP | ECE |"
+        head = f"| label | n | positives | prevalence | AUC | {pct}% CI | AP | ECE | Brier |"
         head += (
             " threshold | TP | FP | TN | FN | sensitivity | specificity | PPV | NPV | F1 |"
             if show_op
@@ -169,7 +186,7 @@ class EvaluationReport:
             "## Per label",
             "",
             head,
-            "|---" * (18 if show_op else 8) + "|",
+            "|---" * (19 if show_op else 9) + "|",
         ]
         for r in self.labels:
             op = r.operating.to_dict() if r.operating else {}
@@ -182,6 +199,7 @@ class EvaluationReport:
                 f"{fmt(r.auc_ci_low)} to {fmt(r.auc_ci_high)}",
                 fmt(r.average_precision),
                 fmt(r.ece),
+                fmt(r.brier),
             ]
             cells += [fmt(op.get(k)) for k in OP_KEYS] if show_op else []
             lines.append("| " + " | ".join(map(str, cells)) + " |")
@@ -272,6 +290,8 @@ def evaluate(
         notes_j = []
         if len(y):
             row.ece = expected_calibration_error(y, p, n_bins)
+            row.brier = float(np.mean((p - y) ** 2))
+            row.reliability = reliability_bins(y, p, n_bins)
         if row.n_positive == 0 or row.n_negative == 0:
             why = (
                 "no labelled images"
@@ -335,6 +355,7 @@ def evaluate(
         else math.nan,
         ece=expected_calibration_error(pooled_y, pooled_p, n_bins) if pooled_y.size else math.nan,
         reliability=reliability_bins(pooled_y, pooled_p, n_bins),
+        brier=float(np.mean((pooled_p - pooled_y) ** 2)) if pooled_y.size else math.nan,
         n_images=len(labels),
         n_patients=len(np.unique(patient_ids)),
         thresholds=described,
@@ -369,3 +390,12 @@ def evaluate_with_validation(
     return evaluate(
         test_labels, test_probs, names, test_patient_ids, thresholds=chosen, **options
     ), chosen
+
+
+def _json_tree(value):
+    """Nested dicts/lists with NaN as None (for the report's JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_tree(v) for v in value]
+    return json_safe(value)
