@@ -309,7 +309,7 @@ def test_json_and_csv(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == (
         "Image Index,prob_Cardiomegaly,prob_Effusion,prob_Mass,above_Cardiomegaly,"
-        "above_Effusion,above_Mass,notice"
+        "above_Effusion,above_Mass,ood_score,out_of_distribution,notice"
     )
     assert lines[1].split(",")[4:7] == ["", "1", "0"] and RESEARCH_NOTICE in lines[1]
     back = read_predictions(path)  # readable by cxr evaluate

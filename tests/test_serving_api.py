@@ -191,8 +191,26 @@ def test_probes_and_model_info(client, model_file):
     assert info["notice"] == RESEARCH_NOTICE
     assert info["backend"]["backend"] == "torch"
     assert info["explanations"]["available"] is True
-    assert info["ood"] == {"available": False, "flag": None, "score": None}
+    assert info["ood"] == {"available": False, "threshold": None}
     assert str(model_file.parent) not in json.dumps(info)  # no server paths
+
+
+def test_the_not_a_chest_x_ray_gate_is_reported_per_image(model_file, images, tmp_path):
+    """A model file with the gate: every image gets its score and flag, as cxr predict."""
+    from cxr.inference import Predictor
+    from cxr.modelfile import with_ood
+    from cxr.ood import fit_ood_gate
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(90, 110, (40, 64, 64), dtype=np.uint8)  # a narrow, flat "domain"
+    _, pooled = Predictor(model_file).backend.features(pixels)
+    gated = with_ood(model_file, fit_ood_gate(pooled[:30], pooled[30:]), tmp_path / "g.safetensors")
+    noise = png_bytes(rng.integers(0, 256, (96, 96), dtype=np.uint8))
+    with TestClient(create_app(gated)) as c:
+        assert c.get("/v1/model").json()["ood"]["available"] is True
+        body = c.post("/v1/predict", files=files(("noise.png", noise))).json()
+    ood = body["images"][0]["ood"]
+    assert ood["available"] is True and ood["flag"] is True and ood["score"] > 0
 
 
 def test_not_ready_outside_the_lifespan(model_file):

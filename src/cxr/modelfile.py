@@ -6,6 +6,8 @@ and whose header metadata holds one entry, ``"cxr"``, a JSON object::
     {"format": "cxr-model", "format_version": 2,
      "spec": {...ModelSpec.to_dict()...},          # labels, backbone, head, preprocessing
      "thresholds": {"Effusion": 0.31, ...},        # optional decision thresholds (probabilities)
+     "calibration": {...},                         # optional (cxr.calibration.Calibration)
+     "ood": {...},                                 # optional not-a-chest-X-ray gate (cxr.ood)
      "training": {...},                            # free summary of how it was trained
      "cxr_version": "0.1.0",
      "sha256": "<hex>"}
@@ -42,8 +44,10 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from cxr.calibration import Calibration
 from cxr.models.classifier import ChestClassifier
 from cxr.models.spec import ModelSpec
+from cxr.ood import OodGate
 from cxr.signing import SigningError, signature_for, signing_key, verify_signature
 
 __all__ = [
@@ -56,6 +60,8 @@ __all__ = [
     "read_model_info",
     "save_model",
     "sign_model",
+    "with_calibration",
+    "with_ood",
     "with_thresholds",
 ]
 
@@ -88,6 +94,10 @@ class ModelInfo:
     sha256: str
     #: the key id of the key that signed it (:func:`cxr.signing.key_id`), "" when unsigned
     signed_by: str = ""
+    #: the probability calibration fitted on validation (None: uncalibrated)
+    calibration: Calibration | None = None
+    #: the not-a-chest-X-ray gate (:mod:`cxr.ood`; None: the file has none)
+    ood: OodGate | None = None
 
 
 @dataclass
@@ -100,6 +110,10 @@ class LoadedModel:
     training: dict[str, Any] = field(default_factory=dict)
     cxr_version: str = ""
     path: Path = Path()
+    #: the probability calibration fitted on validation (None: uncalibrated)
+    calibration: Calibration | None = None
+    #: the not-a-chest-X-ray gate (:mod:`cxr.ood`; None: the file has none)
+    ood: OodGate | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -293,6 +307,20 @@ def _info(path: Path, meta: dict[str, Any], signature: dict[str, Any] | None) ->
         thresholds = _check_thresholds(meta.get("thresholds") or {}, spec)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(path, f"its thresholds are invalid: {exc}") from None
+    calibration = None
+    if meta.get("calibration") is not None:
+        try:
+            calibration = Calibration.from_dict(meta["calibration"], spec.labels)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(path, f"its calibration is invalid: {exc}") from None
+    ood = None
+    if meta.get("ood") is not None:
+        try:
+            ood = OodGate.from_dict(meta["ood"])
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(
+                path, f"its not-a-chest-X-ray gate (ood) is invalid: {exc}"
+            ) from None
     return ModelInfo(
         path,
         spec,
@@ -302,6 +330,8 @@ def _info(path: Path, meta: dict[str, Any], signature: dict[str, Any] | None) ->
         int(meta["format_version"]),
         str(meta.get("sha256", "")),
         str(signature.get("key_id", "")) if signature else "",
+        calibration,
+        ood,
     )
 
 
@@ -355,14 +385,17 @@ def save_model(
     model: ChestClassifier,
     thresholds: Mapping[str, float] | None = None,
     training: Mapping[str, Any] | None = None,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Write ``model`` (weights, spec, thresholds, training summary) to ``path`` atomically
     (temporary file in the same folder, then rename). Returns the path.
 
     Args:
-        thresholds: label -> decision threshold on the probability, in [0, 1]; a subset of
-            the model's labels is fine.
+        thresholds: label -> decision threshold on the (uncalibrated) probability, in
+            [0, 1]; a subset of the model's labels is fine.
         training: JSON-serialisable summary (numpy scalars/arrays and paths are converted).
+        calibration: a probability calibration fitted on validation
+            (:func:`cxr.calibration.fit_calibration`).
     """
     from cxr import __version__
 
@@ -380,6 +413,8 @@ def save_model(
         "training": dict(training or {}),
         "cxr_version": __version__,
     }
+    if calibration is not None:
+        meta["calibration"] = _check_calibration(calibration, spec)
     return _write(Path(path), tensors, meta)
 
 
@@ -428,7 +463,16 @@ def load_model(
             path, f"its weights hold NaN or infinite values (e.g. {bad[0]}); use an intact model"
         )
     model = model.to(device).eval()
-    return LoadedModel(model, info.spec, info.thresholds, info.training, info.cxr_version, path)
+    return LoadedModel(
+        model,
+        info.spec,
+        info.thresholds,
+        info.training,
+        info.cxr_version,
+        path,
+        info.calibration,
+        info.ood,
+    )
 
 
 def with_thresholds(
@@ -446,15 +490,82 @@ def with_thresholds(
         new = _check_thresholds(thresholds, info.spec)
     except ValueError as exc:
         raise ValueError(f"thresholds for model file {path}: {exc}") from None
-    meta = {
+    return _rewrite(path, out, info, tensors, thresholds=new)
+
+
+def with_calibration(
+    path: str | os.PathLike[str],
+    calibration: Calibration | None,
+    out: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Rewrite a model file with a new probability calibration (None removes it), verified
+    first; thresholds and everything else are kept. Writes to ``out`` when given, else
+    replaces ``path`` atomically. Returns the path written."""
+    path = Path(path)
+    info, tensors = _read_verified(path)
+    try:
+        checked = None if calibration is None else _check_calibration(calibration, info.spec)
+    except ValueError as exc:
+        raise ValueError(f"calibration for model file {path}: {exc}") from None
+    return _rewrite(path, out, info, tensors, calibration=checked)
+
+
+def with_ood(
+    path: str | os.PathLike[str],
+    gate: OodGate | None,
+    out: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Rewrite a model file with a not-a-chest-X-ray gate (:func:`cxr.ood.fit_model_gate`;
+    None removes it), verified first; everything else is kept. Writes to ``out`` when
+    given, else replaces ``path`` atomically. Returns the path written."""
+    path = Path(path)
+    info, tensors = _read_verified(path)
+    if gate is not None and not isinstance(gate, OodGate):
+        raise ValueError(
+            f"gate for model file {path} must be an OodGate, got {type(gate).__name__}"
+        )
+    return _rewrite(path, out, info, tensors, ood=None if gate is None else gate.to_dict())
+
+
+_KEEP: Any = object()
+
+
+def _rewrite(
+    path: Path,
+    out: str | os.PathLike[str] | None,
+    info: ModelInfo,
+    tensors: dict[str, torch.Tensor],
+    thresholds: Any = _KEEP,
+    calibration: Any = _KEEP,
+    ood: Any = _KEEP,
+) -> Path:
+    """Write ``info`` and ``tensors`` again with new thresholds, calibration and/or gate."""
+    meta: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "spec": info.spec.to_dict(),
-        "thresholds": new,
+        "thresholds": info.thresholds if thresholds is _KEEP else thresholds,
         "training": info.training,
         "cxr_version": info.cxr_version,
     }
+    if calibration is _KEEP:
+        calibration = info.calibration.to_dict() if info.calibration is not None else None
+    if calibration is not None:
+        meta["calibration"] = calibration
+    if ood is _KEEP:
+        ood = info.ood.to_dict() if info.ood is not None else None
+    if ood is not None:
+        meta["ood"] = ood
     return _write(Path(out) if out is not None else path, tensors, meta)
+
+
+def _check_calibration(calibration: Calibration, spec: ModelSpec) -> dict[str, Any]:
+    """The stored form of ``calibration``, checked against the model's labels."""
+    if not isinstance(calibration, Calibration):
+        raise ValueError(f"calibration must be a Calibration, got {type(calibration).__name__}")
+    data = calibration.to_dict()
+    Calibration.from_dict(data, spec.labels)  # every map valid, labels the model's
+    return data
 
 
 def sign_model(

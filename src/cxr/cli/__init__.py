@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cxr import RESEARCH_NOTICE, __version__
-from cxr.cli import data, demo, evaluate, predict, sign, train
+from cxr.cli import calibrate, data, demo, evaluate, export, gate, predict, serve, sign, train
 from cxr.cli._common import EXIT_FOUND, EXIT_OK, EXIT_USAGE, CLIError
 
 __all__ = ["EXIT_FOUND", "EXIT_OK", "EXIT_USAGE", "CLIError", "build_parser", "main"]
@@ -33,19 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, demo, train, evaluate, predict, sign):
+    for module in (data, demo, train, evaluate, calibrate, gate, predict, export, sign, serve):
         module.add_parsers(sub)
     return parser
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (printed as one line), not a bug in cxr."""
-    from cxr.cache import CacheError
-    from cxr.images import ImageReadError
-    from cxr.modelfile import ModelFileError
-    from cxr.training import TrainError
+    """Exceptions that mean bad input (printed as one line), not a bug in cxr.
 
-    return (CLIError, CacheError, TrainError, ModelFileError, ImageReadError, ValueError, OSError)
+    Only modules already imported are asked for their error classes (an error of a module
+    never imported cannot have been raised), so that reporting an error of, e.g., `cxr
+    predict model.onnx` imports no torch.
+    """
+    errors: list[type[BaseException]] = [CLIError, ValueError, OSError]
+    for module, name in (
+        ("cxr.prepared_cache", "CacheError"),
+        ("cxr.training.config", "TrainError"),
+        ("cxr.modelfile", "ModelFileError"),
+        ("cxr.images", "ImageReadError"),
+        ("cxr.export.metadata", "OnnxNotInstalled"),  # says: pip install 'cxr[onnx]'
+    ):
+        found = getattr(sys.modules.get(module), name, None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            errors.append(found)
+    return tuple(errors)
 
 
 def _quiet_stdout() -> None:
@@ -84,9 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cxr {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        # cxr train says what it saved and the exact command that continues the run
         print(
-            "interrupted; work done so far is kept (run the same command to continue)",
+            f"cxr {args.command}: {err}"
+            if str(err)
+            else "interrupted; work done so far is kept (run the same command to continue)",
             file=sys.stderr,
         )
         return 130

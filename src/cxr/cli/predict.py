@@ -30,8 +30,11 @@ from cxr.cli._common import (
     add_progress,
     parse_list,
 )
+from cxr.cli._dicom import add_dicom_options, with_dicom_options
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cxr.inference import PredictionResult, Predictor
 
 
@@ -44,7 +47,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "training (size and fit read from the model file). Exit code 0: all images predicted; "
         f"1: some file was unreadable and skipped; 2: bad usage or model. {RESEARCH_NOTICE}",
     )
-    p.add_argument("model", type=Path, help="model file (.safetensors written by cxr train)")
+    p.add_argument(
+        "model",
+        type=Path,
+        help="model file: .safetensors written by cxr train, or .onnx written by cxr export "
+        "(run on ONNX Runtime, without torch)",
+    )
     p.add_argument(
         "inputs",
         nargs="+",
@@ -63,7 +71,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "--explain",
         type=Path,
         metavar="OUTDIR",
-        help="write a heatmap PNG (image beside overlay) per image and label here",
+        help="write a heatmap PNG (image beside overlay) per image and label here (an .onnx "
+        "model: computed from its feature map, for heads of pooling + one linear layer)",
     )
     p.add_argument(
         "--top-k",
@@ -89,12 +98,25 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="test-time augmentation: mean over original, mirror and 4 small shifts",
     )
     p.add_argument(
+        "--raw",
+        action="store_true",
+        help="show the model's raw scores instead of calibrated probabilities (thresholds "
+        "follow, so the above/below marks are the same)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="text output: show the findings of images the not-a-chest-X-ray check flags "
+        "too (JSON and CSV always have them, with the check's score and flag)",
+    )
+    p.add_argument(
         "--batch-size", type=int, default=32, help="images per batch (default: %(default)s)"
     )
     add_device(p)
     add_precision(p)
     add_progress(p)
-    p.set_defaults(func=run_predict)
+    add_dicom_options(p)
+    p.set_defaults(func=with_dicom_options(run_predict))
 
     p = subparsers.add_parser(
         "localize",
@@ -165,7 +187,18 @@ def _write_explanations(
     top_k: int,
     method: str,
 ) -> int:
-    from cxr.explain import explain, save_explanation_png
+    from dataclasses import replace
+    from functools import partial
+
+    from cxr.explain import Explanation, explain, save_explanation_png
+
+    heatmaps: Callable[..., list[Explanation]]
+    if predictor.backend.name == "onnx":  # from the exported feature map, no autograd
+        from cxr.explain_cam import explain_onnx
+
+        heatmaps = partial(explain_onnx, predictor.backend)
+    else:
+        heatmaps = partial(explain, predictor.model)
 
     written, used = 0, set()
     for it in result.predicted:
@@ -176,8 +209,16 @@ def _write_explanations(
             k += 1
             base = f"{stem}-{k}"
         used.add(base)
-        for ex in explain(predictor.model, image, labels=labels, top_k=top_k, method=method):
-            save_explanation_png(out_dir / f"{base}_{_safe(ex.label)}.png", image, ex)
+        for found in heatmaps(image, labels=labels, top_k=top_k, method=method):
+            # the probability on the table's scale (calibrated unless --raw)
+            ex = replace(found, probability=predictor.output_scale(found.label, found.probability))
+            save_explanation_png(
+                out_dir / f"{base}_{_safe(ex.label)}.png",
+                image,
+                ex,
+                source=it.path,
+                threshold=predictor.thresholds.get(ex.label),
+            )
             written += 1
     return written
 
@@ -196,6 +237,7 @@ def run_predict(args: argparse.Namespace) -> int:
             tta=args.tta,
             batch_size=args.batch_size,
             precision=args.precision,
+            calibrated=not args.raw,
         )
     except RuntimeError as err:  # e.g. a CUDA device on a machine without one
         raise CLIError(str(err)) from None
@@ -209,6 +251,11 @@ def run_predict(args: argparse.Namespace) -> int:
             )
         if labels is None and args.top_k < 1:
             raise CLIError(f"--top-k must be 1 or more, got {args.top_k}")
+        if predictor.backend.name == "onnx":  # refuse before predicting anything
+            from cxr.explain_cam import check_cam_head
+
+            backend = predictor.backend
+            check_cam_head(backend.spec.head, getattr(backend, "head", None), backend.path)
     top_k = min(args.top_k, len(predictor.labels))  # a model with fewer labels: all of them
     for path in args.inputs:
         if path.is_dir() and not any(path.iterdir()):
@@ -218,7 +265,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CLIError(
             "no image files found in " + ", ".join(map(str, args.inputs)) + " (PNG, JPEG or DICOM)"
         )
-    text = result.render(args.format)
+    text = result.render(args.format, force=args.force)
     if args.out is not None:
         try:
             args.out.parent.mkdir(parents=True, exist_ok=True)

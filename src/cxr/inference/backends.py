@@ -3,9 +3,11 @@
 A :class:`Backend` takes uint8 pixels (B, S, S), preprocessed by the model's
 :class:`~cxr.preprocessing.Preprocessing`, and returns probabilities (B, L). Everything
 around it — finding and decoding files, batching, TTA, thresholds, result records — lives
-in :class:`~cxr.inference.Predictor` and is the same for every backend. Today's backend
-runs the torch model; another runtime (e.g. ONNX Runtime) is added by subclassing
-:class:`Backend` and naming it in :func:`open_backend`, without touching callers.
+in :class:`~cxr.inference.Predictor` and is the same for every backend. Two backends:
+``torch`` (:class:`TorchBackend`, a ``.safetensors`` model file) and ``onnx``
+(:class:`~cxr.inference.onnx_backend.OnnxBackend`, a ``.onnx`` file from ``cxr export``, run
+on ONNX Runtime without torch); :func:`open_backend` picks by the file name. Another runtime
+is added by subclassing :class:`Backend` and naming it in :func:`open_backend`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ __all__ = ["BACKENDS", "Backend", "TorchBackend", "open_backend"]
 
 _PathLike = str | os.PathLike[str]
 
-#: Backend names :func:`open_backend` knows.
-BACKENDS: tuple[str, ...] = ("torch",)
+#: Backend names :func:`open_backend` knows (``"auto"`` picks one by the file name).
+BACKENDS: tuple[str, ...] = ("torch", "onnx")
 
 
 class Backend(ABC):
@@ -40,7 +42,9 @@ class Backend(ABC):
     Attributes:
         name: the backend's name (``"torch"``).
         spec: labels, backbone, head and preprocessing of the model.
-        thresholds: label -> decision threshold stored in the file (chosen on validation).
+        thresholds: label -> decision threshold stored in the file (chosen on validation,
+            on the raw probability).
+        calibration: the file's probability calibration, or None.
         training: the file's training summary.
         path: the model file.
     """
@@ -50,6 +54,10 @@ class Backend(ABC):
     thresholds: dict[str, float]
     training: dict[str, Any]
     path: Path
+    #: the file's probability calibration (:class:`cxr.calibration.Calibration`), or None
+    calibration: Any = None
+    #: the file's not-a-chest-X-ray gate (:class:`cxr.ood.OodGate`), or None
+    ood: Any = None
 
     @abstractmethod
     def probabilities(self, pixels: Any) -> Any:
@@ -71,6 +79,13 @@ class Backend(ABC):
         for extra in outputs[1:]:
             total = total + extra
         return total / len(outputs)
+
+    def features(self, pixels: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities float32 (B, L) and the pooled feature map float32 (B, C) (the
+        head's pooling of the backbone's last feature map: the input of its dense layers)
+        of uint8 pixels (B, S, S), as numpy arrays: one forward pass, e.g. for a check of
+        whether an image looks like the training data."""
+        raise NotImplementedError(f"the {self.name} backend does not give features")
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
@@ -113,6 +128,8 @@ class TorchBackend(Backend):
         self.model: ChestClassifier = model
         self.spec, self.thresholds = loaded.spec, dict(loaded.thresholds)
         self.training, self.path = dict(loaded.training), Path(loaded.path)
+        self.calibration = loaded.calibration
+        self.ood = loaded.ood
 
     def place(self, pixels: Any) -> torch.Tensor:
         import torch
@@ -139,6 +156,28 @@ class TorchBackend(Backend):
         ):
             return torch.sigmoid(self.model(x).float()).float()
 
+    def features(self, pixels: Any) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from cxr.preprocessing import to_model_input
+
+        if isinstance(pixels, np.ndarray):
+            pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+        x = to_model_input(pixels, self.device, self.channels_last)
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ),
+        ):
+            pooled = self.model.head.pool(self.model.features(x))
+            logits = self.model.head.out(self.model.head.mlp(pooled))
+            probs = torch.sigmoid(logits.float())
+        return (
+            probs.float().cpu().numpy().astype(np.float32),
+            pooled.float().cpu().numpy().astype(np.float32),
+        )
+
     def to_numpy(self, outputs: Sequence[Any]) -> np.ndarray:
         import torch
 
@@ -152,18 +191,39 @@ class TorchBackend(Backend):
 
 def open_backend(
     model: LoadedModel | _PathLike | Backend,
-    backend: str = "torch",
+    backend: str = "auto",
     *,
     device: str | torch.device = "cpu",
     precision: str = "auto",
     channels_last: bool = True,
 ) -> Backend:
     """A ready backend for a model file path, a :class:`~cxr.modelfile.LoadedModel` or a
-    backend (returned as it is)."""
+    backend (returned as it is).
+
+    ``backend="auto"`` runs a path ending in ``.onnx`` on ONNX Runtime (``"onnx"``, no
+    torch imported) and anything else with torch (``"torch"``).
+    """
+    from cxr.export.metadata import is_onnx_path
+
     if isinstance(model, Backend):
         return model
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(f"backend must be one of {['auto', *BACKENDS]}, got {backend!r}")
+    if backend == "auto":
+        backend = "onnx" if is_onnx_path(model) else "torch"
+    if backend == "onnx":
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError(
+                "backend 'onnx' needs the path of a .onnx file (export a model with "
+                f"`cxr export MODEL --format onnx`), got {type(model).__name__}"
+            )
+        from cxr.inference.onnx_backend import OnnxBackend
+
+        return OnnxBackend(model, str(device), precision)
+    if is_onnx_path(model):
+        raise ValueError(
+            f"{model} is an ONNX file; run it with backend 'onnx' (or 'auto'), not 'torch'"
+        )
     from cxr.modelfile import LoadedModel, load_model
 
     if isinstance(model, LoadedModel):

@@ -51,7 +51,8 @@ class Predictor:
             ``"auto"`` = bf16 on a GPU, fp32 on the CPU. Probabilities are float32 either way.
         channels_last: run the model in channels-last memory format (faster on GPUs and,
             measured, on the CPU too; the same numbers up to rounding).
-        backend: which runtime runs the network (:data:`~cxr.inference.backends.BACKENDS`).
+        backend: which runtime runs the network (:data:`~cxr.inference.backends.BACKENDS`);
+            ``"auto"`` = ONNX Runtime for a ``.onnx`` file, torch otherwise.
     """
 
     def __init__(
@@ -62,7 +63,8 @@ class Predictor:
         batch_size: int = 32,
         precision: str = "auto",
         channels_last: bool = True,
-        backend: str = "torch",
+        backend: str = "auto",
+        calibrated: bool = True,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -72,11 +74,22 @@ class Predictor:
         self.spec = self.backend.spec
         self.preprocessing = self.spec.preprocessing
         self.labels = self.spec.labels
-        self.thresholds = dict(self.backend.thresholds)
+        #: the file's probability calibration, applied to every output (None: raw scores)
+        self.calibration = getattr(self.backend, "calibration", None) if calibrated else None
+        #: thresholds as stored (on the model's raw probability)
+        self.raw_thresholds = dict(self.backend.thresholds)
+        #: thresholds on the scale of the outputs (calibrated when calibration is on):
+        #: the same decisions as the raw thresholds on raw probabilities
+        self.thresholds = {
+            k: (self.calibration.threshold(k, t) if self.calibration is not None else t)
+            for k, t in self.raw_thresholds.items()
+        }
         self.fit = self.preprocessing.fit
         self.size = self.preprocessing.size
         self.tta = bool(tta)
         self.batch_size = batch_size
+        #: the file's not-a-chest-X-ray gate (:class:`cxr.ood.OodGate`), or None
+        self.ood = getattr(self.backend, "ood", None)
 
     @property
     def path(self) -> Path:
@@ -99,8 +112,9 @@ class Predictor:
         model = getattr(self.backend, "model", None)
         if model is None:
             raise ValueError(
-                f"the {self.backend.name} backend has no torch model; load "
-                f"{self.path} with backend='torch' for Grad-CAM"
+                f"the {self.backend.name} backend has no torch model (Grad-CAM needs the "
+                ".safetensors model file); heatmaps of an ONNX model: "
+                "cxr.explain_cam.explain_onnx(predictor.backend, image)"
             )
         return model
 
@@ -111,6 +125,7 @@ class Predictor:
             "input_size": self.size,
             "fit": self.fit,
             "tta": self.tta,
+            "calibration": self.calibration.method if self.calibration is not None else "none",
             **self.backend.describe(),
             "tta_views": (
                 f"original, mirror, shifts of {tta_shift(self.size)} px right/left/down/up"
@@ -118,6 +133,13 @@ class Predictor:
                 else "original only"
             ),
         }
+
+    def output_scale(self, label: str, probability: float) -> float:
+        """A raw probability of ``label`` (e.g. a Grad-CAM explanation's) on the scale of
+        this predictor's outputs: calibrated when calibration is on."""
+        if self.calibration is None:
+            return float(probability)
+        return self.calibration.threshold(label, float(probability))  # the same map
 
     def preprocess(self, path: _PathLike) -> np.ndarray:
         """uint8 (S, S): the file as training saw it (raises ImageReadError)."""
@@ -133,14 +155,34 @@ class Predictor:
         ]
         return self._finite(self.backend.to_numpy(out))
 
+    def predict_arrays_ood(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities float32 (B, L) (as :meth:`predict_arrays`) and the not-a-chest-X-ray
+        scores float64 (B,) of the model's gate (:mod:`cxr.ood`; ``gate.flags(scores)``
+        marks the out-of-distribution images), or None when the model file has no gate.
+        One forward pass per batch; with TTA the features are the original view's."""
+        images = self.preprocessing.check_pixels(images)
+        if self.ood is None:
+            return self.predict_arrays(images), None
+        probs: list[np.ndarray] = [np.zeros((0, len(self.labels)), np.float32)]
+        scores: list[np.ndarray] = [np.zeros(0)]
+        for start in range(0, len(images), self.batch_size):
+            batch = np.ascontiguousarray(images[start : start + self.batch_size])
+            raw, pooled = self.backend.features(batch)
+            probs.append(self.backend.to_numpy([self.probabilities(batch)]) if self.tta else raw)
+            scores.append(self.ood.score(pooled))
+        return self._finite(np.concatenate(probs)), np.concatenate(scores)
+
     def _finite(self, probs: np.ndarray) -> np.ndarray:
-        """``probs`` when all are finite; else a ValueError naming the model (a damaged or
-        forged file computes NaN, which must never be shown as a table)."""
+        """``probs`` calibrated (when calibration is on) if all are finite; else a
+        ValueError naming the model (a damaged or forged file computes NaN, which must never
+        be shown as a table)."""
         if probs.size and not np.isfinite(probs).all():
             raise ValueError(
                 f"the model {self.path} computed NaN or infinite probabilities; the file is "
                 "damaged or was edited; use an intact model"
             )
+        if self.calibration is not None:
+            probs = self.calibration.apply(probs, self.labels)
         return probs
 
     def probabilities(self, pixels: Any) -> Any:
@@ -200,9 +242,18 @@ class Predictor:
         """Probabilities float32 (N, L) of the N files in order (e.g. a dataset's image
         paths), in batches; a file that cannot be read gets a row of NaN and an entry
         row -> (reason, detail)."""
+        probs, _, failed = self._predict_paths(paths, progress)
+        return probs, failed
+
+    def _predict_paths(
+        self, paths: Sequence[_PathLike], progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[int, tuple[str, str]]]:
+        """:meth:`predict_paths` with the gate's scores (N,) (NaN for unread files; None
+        when the model has no gate)."""
         from tqdm.auto import tqdm
 
         probs = np.full((len(paths), len(self.labels)), np.nan, dtype=np.float32)
+        scores = None if self.ood is None else np.full(len(paths), np.nan)
         failed: dict[int, tuple[str, str]] = {}
         with tqdm(
             total=len(paths), unit="img", desc="predict", disable=not progress, dynamic_ncols=True
@@ -218,9 +269,11 @@ class Predictor:
                     except (OSError, ValueError, RuntimeError) as err:
                         failed[i] = ("unreadable", f"{type(err).__name__}: {err}")
                 if arrays:
-                    probs[rows] = self.predict_arrays(np.stack(arrays))
+                    probs[rows], batch_scores = self.predict_arrays_ood(np.stack(arrays))
+                    if scores is not None and batch_scores is not None:
+                        scores[rows] = batch_scores
                 bar.update(min(self.batch_size, len(paths) - start))
-        return probs, failed
+        return probs, scores, failed
 
     def predict_images(
         self, paths: Iterable[_PathLike] | _PathLike, progress: bool = False
@@ -232,15 +285,23 @@ class Predictor:
         ignored: list[Path] = []
         files = list_images(paths, ignored)
         result = PredictionResult(self.labels, self.thresholds, model=self.describe())
+        if self.ood is not None:
+            result.ood_threshold = float(self.ood.threshold)
         if ignored:
             result.notes.append(
                 f"{len(ignored)} non-image file(s) in the folders were ignored (e.g. {ignored[0]})"
             )
-        probs, failed = self.predict_paths(files, progress)
+        probs, scores, failed = self._predict_paths(files, progress)
+        flags = None if scores is None or self.ood is None else self.ood.flags(scores)
         result.items = [
             ImagePrediction(str(f), None, *failed[i])
             if i in failed
-            else ImagePrediction(str(f), probs[i])
+            else ImagePrediction(
+                str(f),
+                probs[i],
+                ood_score=None if scores is None else float(scores[i]),
+                ood_flag=None if flags is None else bool(flags[i]),
+            )
             for i, f in enumerate(files)
         ]
         return result
@@ -252,10 +313,11 @@ class Predictor:
 
         if not self.thresholds:
             return None
+        scale = " on the calibrated scale" if self.calibration is not None else ""
         return Thresholds(
             self.thresholds,
             method="youden",
-            source=f"the validation data of {self.path} (stored in the model file)",
+            source=f"the validation data of {self.path} (stored in the model file){scale}",
         )
 
 

@@ -21,12 +21,17 @@ __all__ = ["ImagePrediction", "PredictionResult"]
 @dataclass(frozen=True)
 class ImagePrediction:
     """One input file: probabilities float32 (L,) in model label order, or why it failed
-    (``reason``: an :class:`~cxr.images.ImageReadError` reason, ``detail``: free text)."""
+    (``reason``: an :class:`~cxr.images.ImageReadError` reason, ``detail``: free text).
+
+    ``ood_score`` / ``ood_flag``: the not-a-chest-X-ray check (:mod:`cxr.ood`): its score
+    and whether the image is out of distribution; None when the model file has no gate."""
 
     path: str
     probabilities: np.ndarray | None = None
     reason: str = ""
     detail: str = ""
+    ood_score: float | None = None
+    ood_flag: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -41,13 +46,17 @@ class ImagePrediction:
 
 @dataclass
 class PredictionResult:
-    """Predictions of a set of files, in input order, with the model's labels and thresholds."""
+    """Predictions of a set of files, in input order, with the model's labels and thresholds.
+
+    ``ood_threshold``: the not-a-chest-X-ray gate's threshold (None: the model file has no
+    gate, and every image's check is unavailable)."""
 
     labels: tuple[str, ...]
     thresholds: dict[str, float]
     items: list[ImagePrediction] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ood_threshold: float | None = None
 
     @property
     def predicted(self) -> list[ImagePrediction]:
@@ -109,6 +118,8 @@ class PredictionResult:
                 "threshold": self.thresholds.get(self.labels[i]),
                 "above_threshold": flags[i],
             },
+            "ood_score": None if it.ood_score is None else float(it.ood_score),
+            "out_of_distribution": None if it.ood_flag is None else bool(it.ood_flag),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,6 +128,7 @@ class PredictionResult:
             "model": dict(self.model),
             "labels": list(self.labels),
             "thresholds": dict(self.thresholds),
+            "ood_threshold": self.ood_threshold,
             "images": [self._image_dict(it) for it in self.predicted],
             "skipped": [
                 {"path": it.path, "reason": it.reason, "detail": it.detail} for it in self.skipped
@@ -132,8 +144,9 @@ class PredictionResult:
     def to_csv(self) -> str:
         """CSV text: ``Image Index``, ``prob_<Label>`` per label (the layout of
         :func:`cxr.evaluation.predictions.write_predictions`, readable by ``cxr evaluate``), then
-        ``above_<Label>`` (1/0, empty when no threshold is stored) and ``notice`` (the
-        research-use notice). Skipped images have no row."""
+        ``above_<Label>`` (1/0, empty when no threshold is stored), ``ood_score`` and
+        ``out_of_distribution`` (1/0; both empty when the model has no not-a-chest-X-ray
+        gate) and ``notice`` (the research-use notice). Skipped images have no row."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(
@@ -141,19 +154,33 @@ class PredictionResult:
                 "Image Index",
                 *(f"prob_{n}" for n in self.labels),
                 *(f"above_{n}" for n in self.labels),
+                "ood_score",
+                "out_of_distribution",
                 "notice",
             ]
         )
         for it in self.predicted:
             flags = ["" if f is None else int(f) for f in self.above(it.values())]
+            score = "" if it.ood_score is None else f"{float(it.ood_score):.6g}"
+            ood = "" if it.ood_flag is None else int(it.ood_flag)
             w.writerow(
-                [it.path, *(f"{float(v):.9g}" for v in it.values()), *flags, RESEARCH_NOTICE]
+                [
+                    it.path,
+                    *(f"{float(v):.9g}" for v in it.values()),
+                    *flags,
+                    score,
+                    ood,
+                    RESEARCH_NOTICE,
+                ]
             )
         return buf.getvalue()
 
-    def to_text(self) -> str:
+    def to_text(self, force: bool = False) -> str:
         """Per image: headline, all labels ranked by probability (``*`` marks those at or
-        above the stored threshold), then the skipped files and the research notice."""
+        above the stored threshold), then the skipped files and the research notice.
+
+        An image the not-a-chest-X-ray gate flags shows that first, and its headline and
+        table only with ``force``."""
         lines = [RESEARCH_NOTICE]
         m = self.model
         if m:
@@ -162,12 +189,38 @@ class PredictionResult:
                 f"{m.get('input_size', '?')} px, fit {m.get('fit', '?')}, "
                 f"TTA {'on' if m.get('tta') else 'off'})"
             )
+            calibration = m.get("calibration")
+            if calibration and calibration != "none":
+                lines.append(
+                    f"probabilities calibrated on validation ({calibration}); thresholds on "
+                    "the same scale (--raw shows the model's raw scores)"
+                )
+            elif calibration == "none":
+                lines.append("raw model scores (not calibrated probabilities)")
+        if self.predicted and all(it.ood_flag is None for it in self.predicted):
+            lines.append(
+                "not-a-chest-X-ray check: unavailable (model file has no feature description; "
+                "run cxr gate)"
+            )
         missing = [n for n in self.labels if n not in self.thresholds]
         width = max(len("label"), *(len(n) for n in self.labels))
         for it in self.predicted:
             p = it.values()
             flags = self.above(p)
-            lines += ["", it.path, "  " + self.headline(p)]
+            lines += ["", it.path]
+            if it.ood_flag:
+                limit = "?" if self.ood_threshold is None else f"{self.ood_threshold:.3f}"
+                lines.append(
+                    f"  NOT A CHEST X-RAY? (out-of-distribution score {it.ood_score or 0:.3f} "
+                    f"> threshold {limit})"
+                )
+                if not force:
+                    lines.append(
+                        "  findings not shown: the model's scores mean nothing for an image "
+                        "unlike its training images (--force shows them)"
+                    )
+                    continue
+            lines.append("  " + self.headline(p))
             lines.append(f"  {'rank':>4}  {'label':<{width}}  {'prob':>6}  {'threshold':>9}  above")
             for rank, i in enumerate(np.argsort(-p, kind="stable"), start=1):
                 name = self.labels[i]
@@ -192,10 +245,11 @@ class PredictionResult:
         ]
         return "\n".join(lines) + "\n"
 
-    def render(self, format: str = "text") -> str:
-        """The result as ``text``, ``json`` or ``csv``."""
+    def render(self, format: str = "text", force: bool = False) -> str:
+        """The result as ``text``, ``json`` or ``csv`` (``force``: the text shows the
+        findings of images the not-a-chest-X-ray gate flags too)."""
         if format == "text":
-            return self.to_text()
+            return self.to_text(force)
         if format == "json":
             return self.to_json() + "\n"
         if format == "csv":

@@ -269,7 +269,12 @@ class Service:
                     "methods": list(CAM_METHODS) if self.explainer is not None else [],
                     "detail": self.no_explanations,
                 },
-                "ood": {"available": False, "flag": None, "score": None},
+                "ood": {
+                    "available": self.predictor.ood is not None,
+                    "threshold": None
+                    if self.predictor.ood is None
+                    else float(self.predictor.ood.threshold),
+                },
                 "limits": {
                     "max_request_bytes": self.settings.max_request_bytes,
                     "max_files": self.settings.max_files,
@@ -288,7 +293,7 @@ class Service:
         # process-wide state that concurrent decodes must not race on
         self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix="cxr-decode")
         self.batcher = MicroBatcher(
-            self.predictor.predict_arrays,
+            self._predict_rows,
             self.model_pool,
             self.settings.max_batch_size,
             self.settings.max_wait_ms,
@@ -300,7 +305,7 @@ class Service:
             await self.batcher.start()
             warm = np.zeros((1, self.size, self.size), np.uint8)  # first pass: allocations
             await asyncio.get_running_loop().run_in_executor(
-                self.model_pool, self.predictor.predict_arrays, warm
+                self.model_pool, self._predict_rows, warm
             )
             self.ready = True
             log.info(
@@ -317,6 +322,22 @@ class Service:
             self.model_pool.shutdown(wait=True)
             self.decode_pool.shutdown(wait=True)
             restore()
+
+    def _predict_rows(self, images: np.ndarray) -> np.ndarray:
+        """One row per image: the L probabilities, then (when the model file has the
+        not-a-chest-X-ray gate) its score, so that the batcher hands each request its rows."""
+        probs, scores = self.predictor.predict_arrays_ood(images)
+        if scores is None:
+            return probs
+        return np.concatenate([probs, scores[:, None].astype(probs.dtype)], axis=1)
+
+    def _item(self, name: str, row: np.ndarray) -> ImagePrediction:
+        n = len(self.labels)
+        if len(row) == n or self.predictor.ood is None:
+            return ImagePrediction(name, row[:n])
+        score = float(row[n])
+        flag = bool(self.predictor.ood.flags(np.array([score]))[0])
+        return ImagePrediction(name, row[:n], ood_score=score, ood_flag=flag)
 
     async def _in(self, pool: ThreadPoolExecutor | None, fn: Callable[..., _T], *args: Any) -> _T:
         if pool is None or not self.ready:
@@ -386,7 +407,7 @@ class Service:
         items = [
             ImagePrediction(up.name, None, d.reason, d.detail)
             if isinstance(d, ImageReadError)
-            else ImagePrediction(up.name, next(rows))
+            else self._item(up.name, next(rows))
             for up, d in zip(form.files, decoded, strict=True)
         ]
         return self.prediction_body(items)

@@ -64,6 +64,13 @@ class RankedLabel(BaseModel):
     above_threshold: bool | None = Field(description="null when no threshold is stored")
 
 
+class OutOfDistributionCheck(_Open):
+    """Whether the model file carries the not-a-chest-X-ray gate, and its threshold."""
+
+    available: bool
+    threshold: float | None = None
+
+
 class OutOfDistribution(_Open):
     available: bool = Field(description="whether the model file carries the check")
     flag: bool | None = Field(description="true: the image does not look like a chest X-ray")
@@ -132,5 +139,5 @@ class ModelInfo(_Open):
     backend: dict[str, Any]
     versions: dict[str, str | None]
     explanations: dict[str, Any]
-    ood: OutOfDistribution
+    ood: OutOfDistributionCheck
     limits: dict[str, Any]
