@@ -83,3 +83,21 @@ def test_command_line_options_override_a_config_file(tmp_path):
 def test_bad_hidden_list_is_explained():
     with pytest.raises(ValueError, match="--hidden"):
         config_from_args(_parse(["a", "b", "--hidden", "wide"]))
+
+
+def test_fast_defaults_and_the_deterministic_choice(tmp_path):
+    config = TrainConfig()
+    assert config.channels_last is True and config.deterministic is None
+    assert config.deterministic_on("cpu") is True and config.deterministic_on("cuda") is False
+    assert TrainConfig.load(config.save(tmp_path / "c.yaml")) == config
+    for value in (True, False):  # config.yaml files written before the change still load
+        (tmp_path / "old.yaml").write_text(f"deterministic: {str(value).lower()}\n")
+        old = TrainConfig.load(tmp_path / "old.yaml")
+        assert old.deterministic is value
+        assert old.deterministic_on("cpu") is value and old.deterministic_on("cuda") is value
+    with pytest.raises(ConfigError, match="deterministic"):
+        TrainConfig(deterministic="yes")  # type: ignore[arg-type]
+    args = _parse(["a", "b", "--no-channels-last", "--deterministic"])
+    assert config_from_args(args).channels_last is False
+    assert config_from_args(args).deterministic is True
+    assert config_from_args(_parse(["a", "b"])).deterministic is None

@@ -37,13 +37,19 @@ _HELP = {
     "batch_size": "images per optimiser micro-step per process",
     "accumulate": "micro-steps per optimiser step (gradient accumulation)",
     "grad_clip": "clip the gradient norm to this (0 = off)",
+    "calibration": "probability calibration fitted on validation with the best model: "
+    "platt (default), temperature, isotonic (large validation sets) or none",
     "ema_decay": "keep an EMA of the weights with this decay and validate/save it (0 = off)",
     "early_stopping": "stop a phase after this many epochs without a better val AUC (0 = off)",
     "precision": f"one of {', '.join(PRECISIONS)} (mixed precision with autocast)",
     "device": DEVICE_HELP,
     "loader_threads": "batches read ahead from the cache",
-    "deterministic": "deterministic cuDNN kernels (slower on GPU; CPU runs repeat exactly for "
-    "the same seed and CPU thread count)",
+    "deterministic": "deterministic kernels, cuDNN's autotuner off: the same seed repeats the "
+    "run (on a CPU: with the same CPU thread count). --no-deterministic lets cuDNN pick the "
+    "fastest kernels (GPU results then vary in the last digits). Default: on for CPUs (it costs "
+    "nothing there), off for GPUs",
+    "channels_last": "feed the model channels-last (NHWC) tensors, faster for the convolutional "
+    "backbones; --no-channels-last turns it off",
 }
 
 
@@ -75,7 +81,7 @@ def _add_fields(p: argparse._ArgumentGroup, cls: type, prefix: str = "") -> None
         text = helps.get(f.name, f.name.replace("_", " "))
         if default is not None:  # None defaults are described in the help text itself
             text += f" (default: {shown})"
-        if isinstance(default, bool):
+        if isinstance(default, bool) or f.name == "deterministic":
             p.add_argument(
                 _flag(dest),
                 dest=dest,

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from cxr.choices import POOLS, PRECISIONS
+from cxr.choices import CALIBRATIONS, POOLS, PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("cosine", "plateau", "constant")
@@ -66,6 +66,12 @@ class TrainConfig:
     Two phases: ``phase1_epochs`` train the head with the backbone frozen at ``phase1_lr``;
     then ``phase2_epochs`` fine-tune everything at ``phase2_lr`` (the head at
     ``phase2_lr * head_lr_factor``). Either phase may have 0 epochs.
+
+    Speed: ``channels_last`` (on by default; every registry backbone is convolutional)
+    feeds the model NHWC tensors. ``deterministic``: True picks deterministic kernels
+    (cuDNN's autotuner off), False lets cuDNN pick the fastest, None (the default) means
+    True on CPUs and False on GPUs (see :meth:`deterministic_on`). A CPU run repeats
+    exactly for the same seed and CPU thread count.
     """
 
     # model
@@ -95,9 +101,10 @@ class TrainConfig:
     grad_clip: float = 0.0
     ema_decay: float = 0.0
     early_stopping: int = 0
+    calibration: str = "platt"
     # speed
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
     device: str = "auto"
     loader_threads: int = 1
@@ -105,7 +112,7 @@ class TrainConfig:
     # data
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
-    deterministic: bool = True
+    deterministic: bool | None = None
 
     def __post_init__(self) -> None:
         def need(cond: bool, name: str, what: str) -> None:
@@ -117,6 +124,7 @@ class TrainConfig:
         need(self.precision in PRECISIONS, "precision", f"choose one of {PRECISIONS}")
         need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")
         need(self.pool in POOLS, "pool", f"choose one of {POOLS}")
+        need(self.calibration in CALIBRATIONS, "calibration", f"choose one of {CALIBRATIONS}")
         for name in ("phase1_epochs", "phase2_epochs", "early_stopping", "plateau_patience"):
             need(int(getattr(self, name)) >= 0, name, "must be 0 or more")
         need(
@@ -131,12 +139,25 @@ class TrainConfig:
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1); 0 turns EMA off")
         need(self.warmup_epochs >= 0, "warmup_epochs", "must be 0 or more")
+        need(
+            self.deterministic is None or isinstance(self.deterministic, bool),
+            "deterministic",
+            "must be true, false or null (on for CPUs, off for GPUs)",
+        )
         need(all(int(h) > 0 for h in self.hidden), "hidden", "layer widths must be positive")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(self.labels))
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", _from_dict(AugmentConfig, self.augment, "augment."))
+
+    def deterministic_on(self, device_type: str) -> bool:
+        """Whether the run picks deterministic kernels on a device of ``device_type``:
+        ``deterministic`` when set, else (None, the default) on for CPUs, where it costs
+        nothing, and off on GPUs, where cuDNN's autotuner picks the fastest kernels."""
+        if self.deterministic is not None:
+            return bool(self.deterministic)
+        return device_type != "cuda"
 
     @property
     def epochs(self) -> int:

@@ -36,16 +36,28 @@ from cxr.training.ema import ModelEMA
 from cxr.training.loader import CacheBatches
 from cxr.training.schedule import LRSchedule
 
+#: Steps of an epoch counted as warm-up (first-call kernel choice and memory allocation,
+#: a new phase's optimiser state) and left out of its steady-state images/s.
+WARMUP_STEPS = 2
+
 
 @dataclass
 class EpochStats:
-    """Mean training loss, last learning rate, images/s and seconds of one epoch."""
+    """Mean training loss, last learning rate, images/s and seconds of one epoch.
+
+    ``images_per_second`` is the whole epoch's rate, warm-up included;
+    ``images_per_second_steady`` leaves out the first :data:`WARMUP_STEPS` steps (the whole
+    epoch's rate when it has no more steps than that), and ``warmup_seconds`` is how long
+    those steps took.
+    """
 
     loss: float
     lr: float
     images_per_second: float
     seconds: float
     images: int
+    images_per_second_steady: float = float("nan")
+    warmup_seconds: float = 0.0
 
 
 class Engine:
@@ -151,8 +163,9 @@ class Engine:
         self.model.train()
         n_batches = len(batches)
         loss_sum = torch.zeros((), device=self.device)
-        images = 0
-        start = time.perf_counter()
+        images = warm_images = 0
+        warm_steps = WARMUP_STEPS if n_batches > WARMUP_STEPS else 0
+        start = warm_end = time.perf_counter()
         bar = tqdm(
             total=n_batches,
             disable=not progress,
@@ -186,6 +199,10 @@ class Engine:
                     self.ema.update(self.model)
             loss_sum += loss.detach()
             images += x.shape[0]
+            if i + 1 == warm_steps:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                warm_end, warm_images = time.perf_counter(), images
             for cb in callbacks:
                 cb.on_step({"epoch": epoch, "step": i})
             if progress and (i % 10 == 0 or i + 1 == n_batches):
@@ -195,13 +212,17 @@ class Engine:
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
+        seconds = end - start
+        world = self.info.world_size
         return EpochStats(
             loss=float(loss_sum.item() / max(n_batches, 1)),
             lr=float(opt.param_groups[-1]["lr"]),
-            images_per_second=images * self.info.world_size / max(seconds, 1e-9),
+            images_per_second=images * world / max(seconds, 1e-9),
             seconds=seconds,
             images=images,
+            images_per_second_steady=(images - warm_images) * world / max(end - warm_end, 1e-9),
+            warmup_seconds=warm_end - start,
         )
 
     # inference ----------------------------------------------------------------------

@@ -223,10 +223,10 @@ def _run(
     callbacks = _default_callbacks(callbacks)
     names, train_index, val_index = _label_index(config, train_c, val_c)
     torch.manual_seed(config.seed)
-    if config.deterministic:
+    if config.deterministic_on(info.device.type):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     else:
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
     pin = info.device.type == "cuda"
     train_b = CacheBatches(
         train_c,
@@ -302,13 +302,42 @@ def _run(
     if best_epoch >= 0 and info.is_main:
         echo(
             f"best model: {run_dir / 'best.safetensors'} (epoch {best_epoch + 1}; thresholds "
-            "chosen on validation)"
+            "chosen and probabilities calibrated on validation)"
         )
+        from cxr.ood import fit_model_gate
+
+        try:
+            _, gate = fit_model_gate(
+                run_dir / "best.safetensors", train_c, val_c, device=str(info.device)
+            )
+            echo(f"not-a-chest-X-ray check stored in the best model: {gate.describe()}")
+        except ValueError as err:
+            echo(f"no not-a-chest-X-ray check: {err}")
     result = TrainResult(run_dir, float(best_auc), best_epoch, len(history), history)
     for cb in callbacks:
         cb.on_end(result)
     dd.teardown(info)
     return result
+
+
+def _calibrate(config: TrainConfig, val_labels, probs, names, val_b: CacheBatches, echo):
+    """The calibration of this epoch's model, fitted on its validation predictions (None
+    when ``config.calibration`` is "none" or the validation set cannot support one)."""
+    if config.calibration == "none":
+        return None
+    from cxr.calibration import fit_calibration
+
+    try:
+        return fit_calibration(
+            val_labels,
+            probs,
+            names,
+            method=config.calibration,
+            source=str(val_b.cache.path.resolve()),
+        )
+    except ValueError as err:
+        echo(f"no calibration: {err}")
+        return None
 
 
 def _resume_threads(saved: int, asked: int | None, info: dd.Dist, echo) -> None:
@@ -378,11 +407,10 @@ def _epochs(
         elif stop:
             row["note"] = f"early stop: no better val AUC for {bad_epochs} epochs"
         if info.is_main:
-            chosen = (
-                dict(choose_thresholds(val_labels, probs, names, source="validation"))
-                if improved
-                else None
-            )
+            chosen = calibration = None
+            if improved:
+                chosen = dict(choose_thresholds(val_labels, probs, names, source="validation"))
+                calibration = _calibrate(config, val_labels, probs, names, val_b, echo)
             save_epoch(
                 run_dir,
                 engine,
@@ -398,6 +426,7 @@ def _epochs(
                     cpu_threads=torch.get_num_threads(),
                 ),
                 chosen,
+                calibration,
             )
             echo(epoch_line(row, config.epochs, best_auc))
         for cb in callbacks:
@@ -441,8 +470,11 @@ def run_summary(result: TrainResult) -> str:
         f"models: {result.best_model} (best), {result.last_model} (last)",
     ]
     if result.history:
+        last = result.history[-1]
+        steady = last.get("images_per_second_steady", last["images_per_second"])
         lines.append(
-            f"training throughput (last epoch): "
-            f"{result.history[-1]['images_per_second']:.0f} images/s"
+            f"training throughput (last epoch): {steady:.0f} images/s in steady state, "
+            f"{last['images_per_second']:.0f} with the warm-up of "
+            f"{last.get('warmup_seconds', 0.0):.1f} s"
         )
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import csv
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,14 +51,18 @@ def history_row(epoch, phase, stats: EpochStats, val_loss, val_labels, probs, na
         "seconds": stats.seconds,
     }
     row.update({f"val_auc_{n}": a for n, a in aucs.items()})
+    # added later: after the per-label columns, so older columns keep their places
+    row["images_per_second_steady"] = stats.images_per_second_steady
+    row["warmup_seconds"] = stats.warmup_seconds
     return row
 
 
 def epoch_line(row: dict, epochs: int, best: float) -> str:
+    rate = row.get("images_per_second_steady", row["images_per_second"])
     return (
         f"epoch {row['epoch']}/{epochs} (phase {row['phase']}): train loss "
         f"{row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, val macro AUC "
-        f"{row['val_macro_auc']:.4f} (best {best:.4f}), {row['images_per_second']:.0f} img/s"
+        f"{row['val_macro_auc']:.4f} (best {best:.4f}), {rate:.0f} img/s (steady)"
         + (f" [{row['note']}]" if row.get("note") else "")
     )
 
@@ -76,10 +81,11 @@ def save_epoch(
     improved: bool,
     progress_state: dict,
     thresholds: dict[str, float] | None = None,
+    calibration: Any = None,
 ) -> None:
-    """Write last (and, when ``improved``, best, with ``thresholds`` chosen on this epoch's
-    validation predictions) model files, the history and the resume state, each
-    atomically: an interrupted run keeps a usable best model."""
+    """Write last (and, when ``improved``, best, with ``thresholds`` and ``calibration``
+    fitted on this epoch's validation predictions) model files, the history and the resume
+    state, each atomically: an interrupted run keeps a usable best model."""
     from cxr.modelfile import save_model
 
     summary = {
@@ -91,7 +97,7 @@ def save_epoch(
     model = engine.eval_model()
     save_model(run_dir / "last.safetensors", model, training=summary)
     if improved:
-        save_model(run_dir / "best.safetensors", model, thresholds, training=summary)
+        save_model(run_dir / "best.safetensors", model, thresholds, summary, calibration)
     write_history(run_dir / "history.csv", history)
     state = engine.state_dict()
     state.update(progress_state, version=STATE_VERSION, history=history)
