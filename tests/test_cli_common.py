@@ -26,9 +26,13 @@ def test_every_command_is_registered():
         "train",
         "evaluate",
         "compare",
+        "calibrate",
+        "gate",
         "predict",
         "localize",
+        "export",
         "sign",
+        "serve",
     ]
 
 

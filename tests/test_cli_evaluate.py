@@ -82,7 +82,7 @@ def test_peer_predictions_reproduce_the_readme(shared_datasets, tmp_path, capsys
             rf"^{row['label']}\s+423\s+{row['n_positive']}\s+{expected:.4f}", out, re.MULTILINE
         )
     html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 17 and "0.773" in html
+    assert html.count("data:image/png;base64,") == 18 and "0.773" in html
 
 
 def test_evaluate_with_validation_thresholds(tmp_path, capsys):
@@ -329,7 +329,10 @@ def test_model_file_on_a_cache_and_on_its_images(
         assert row["auc"] == pytest.approx(
             roc_auc_score(table.labels[:, j], preds.probs[:, j]), abs=1e-9
         )
-        assert row["threshold"] == pytest.approx(loaded.thresholds[row["label"]])
+        # the stored threshold, on the calibrated scale the report's probabilities are on
+        assert loaded.calibration is not None
+        stored = loaded.thresholds[row["label"]]
+        assert row["threshold"] == pytest.approx(loaded.calibration.threshold(row["label"], stored))
     assert data["summary"]["macro_auc"] >= 0.9
     # the same images through the dataset path (decoded again): the same probabilities
     assert (

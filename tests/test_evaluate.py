@@ -170,7 +170,9 @@ def test_json_keys_are_stable_and_valid():
         "reliability",
         "settings",
         "notes",
+        "calibration",
     }
+    assert d["calibration"] is None  # probabilities without a model calibration
     assert d["research_notice"] == RESEARCH_NOTICE and "NaN" not in text
     keys = {tuple(row) for row in d["labels"]}
     assert len(keys) == 1  # every label row has the same keys, absent values null

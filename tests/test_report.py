@@ -72,6 +72,7 @@ def test_files_written_and_pngs_decode(tmp_path):
         "roc_all",
         "pr_all",
         "reliability",
+        "reliability_labels",
         "roc_Atelectasis",
         "roc_Pleural_Other",
         "roc_No_Finding",
@@ -90,7 +91,8 @@ def test_html_is_self_contained_with_figures_notice_and_aucs(tmp_path):
     html = write_report(report, tmp_path)["html"].read_text()
     assert html.index(RESEARCH_NOTICE) < html.index("<h1>")  # notice at the top
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(uris) == 3 + 3  # roc_all, pr_all, reliability + one ROC per two-class label
+    # roc_all, pr_all, reliability, reliability per label + one ROC per two-class label
+    assert len(uris) == 4 + 3
     for uri in uris:
         _png_size(base64.b64decode(uri))
     for row in report.labels:
