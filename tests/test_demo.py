@@ -66,7 +66,9 @@ def test_demo_trains_a_model_and_reports_an_auc_per_label(demo):
 def test_demo_predicts_and_explains_held_out_images(demo):
     out, written, lines = demo
     text = written["predictions"].read_text()
-    assert text.count("Top finding:") == EXPLAINED
+    # each image has its table, or (a false alarm of the gate, ~5% of phantoms) the warning
+    flagged = text.count("NOT A CHEST X-RAY?")
+    assert text.count("Top finding:") + flagged == EXPLAINED and flagged <= 1
     assert RESEARCH_NOTICE in text and "heldout" in text
     pngs = sorted(written["explain"].glob("*.png"))
     assert len(pngs) == 2 * EXPLAINED
