@@ -17,7 +17,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Generate phantoms (or read --data), split by patient, check leakage, "
         "prepare the cache, train a model, evaluate it on the test split (report with ROC curves), "
         "predict and explain held-out images, and check where the heatmaps point. "
-        "About two minutes on two CPU cores with the defaults. " + RESEARCH_NOTICE,
+        "About a minute and a half on two idle CPU cores with the defaults. " + RESEARCH_NOTICE,
     )
     p.add_argument(
         "--out", type=Path, default=Path("cxr-demo"), help="output folder (default: %(default)s)"
