@@ -341,13 +341,14 @@ def evaluate_model(
         None,
     )
     if calibration is not None:
-        aligned = align(table, preds, labels, allow_missing, allow_duplicates)
+        # the calibrated probabilities are a map of the raw ones: align once
         before = align(table, raw_preds, labels, allow_missing, allow_duplicates)
+        names = list(before.report.pathologies)
         report.calibration = calibration_table(
-            aligned.labels,
+            before.labels,
             before.probs,
-            aligned.probs,
-            list(aligned.report.pathologies),
+            calibration.apply(before.probs, names),
+            names,
             calibration,
             report.settings.get("n_bins", 10),
         )

@@ -212,7 +212,7 @@ def reliability_labels_png(
         ax.set(xlim=(0, 1), ylim=(0, 1.02))
         ax.set_title(f"{name} (ECE {ece.get(name, float('nan')):.3f})", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.supxlabel("predicted probability", fontsize=8)
+    fig.supxlabel("predicted probability", fontsize=8, y=0.03)  # above the notice
     fig.supylabel("observed fraction positive", fontsize=8)
     return _png(fig)
 
