@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -688,6 +689,36 @@ def test_batcher_gathers_concurrent_images_and_bounds_its_queue():
         pool.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_batcher_waits_for_company_only_while_a_request_is_on_its_way():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(batch):
+        return batch[:, 0, :1].astype(np.float32)
+
+    async def two_requests(announce: bool) -> list[int]:
+        sizes: list[int] = []
+        pool = ThreadPoolExecutor(1)
+        b = MicroBatcher(run, pool, max_batch_size=4, max_wait_ms=1000, on_batch=sizes.append)
+        await b.start()
+        pixels = [np.full((2, 2), i, np.uint8) for i in range(2)]
+
+        async def second() -> np.ndarray:
+            with b.arriving() if announce else contextlib.nullcontext():
+                await asyncio.sleep(0.05)  # received and decoded meanwhile
+            return await b.submit(pixels[1:])
+
+        later = asyncio.ensure_future(second())
+        await asyncio.sleep(0)  # the second request is announced before the first submits
+        first = await b.submit(pixels[:1])
+        assert (await later)[0, 0] == 1 and first[0, 0] == 0
+        await b.stop()
+        pool.shutdown()
+        return sizes
+
+    assert asyncio.run(two_requests(announce=True)) == [2]  # waited for the announced one
+    assert asyncio.run(two_requests(announce=False)) == [1, 1]  # alone: ran at once
 
 
 def test_batcher_reports_a_failed_batch_to_each_request():

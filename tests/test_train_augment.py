@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from cxr.training.augment import augment_batch, random_affine
+from cxr.training.augment import affine_grid, augment_batch, random_affine
 from cxr.training.config import AugmentConfig
 
 NONE = AugmentConfig(rotate=0, scale=0, translate=0, brightness=0, contrast=0)
@@ -51,3 +52,12 @@ def test_rotation_stays_within_its_range():
     )
     angles = torch.rad2deg(torch.atan2(theta[:, 1, 0], theta[:, 0, 0]))
     assert float(angles.abs().max()) <= 5.0 + 1e-4 and float(angles.abs().max()) > 4.0
+
+
+def test_affine_grid_matches_torchs():
+    g = torch.Generator().manual_seed(5)
+    theta = random_affine(6, AugmentConfig(rotate=30, scale=0.3, translate=0.2, hflip=True), g)
+    for h, w in ((224, 224), (17, 40)):
+        want = F.affine_grid(theta, [6, 1, h, w], align_corners=False)
+        got = affine_grid(theta, h, w)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6)

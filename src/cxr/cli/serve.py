@@ -98,7 +98,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "--max-wait-ms",
         type=float,
         default=d.max_wait_ms,
-        help="how long a batch waits for more images, ms (default: %(default)g)",
+        help="how long a batch waits for more images while other requests are being "
+        "received or decoded, ms; a lone request runs at once (default: %(default)g)",
     )
     g.add_argument(
         "--queue-size",
@@ -128,6 +129,12 @@ def is_loopback(host: str) -> bool:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``cxr serve``: runs until interrupted; returns the exit code."""
+    # torch's OpenMP threads spin after each forward pass by default, taking the cores the
+    # decoding thread and the event loop need between batches (1 client, DenseNet-121 on 2
+    # cores: p50 109 ms spinning, 80 ms passive; BENCHMARKS.md). Set before torch loads;
+    # an OMP_WAIT_POLICY of the user's own is kept.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import uvicorn
 

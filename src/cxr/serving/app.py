@@ -377,12 +377,15 @@ class Service:
 
     # endpoints ---------------------------------------------------------------------------
     async def predict(self, request: Request) -> dict[str, Any]:
-        form = await read_form(request, self.settings.max_files)
-        if not form.files:
-            raise ServiceError(
-                422, "no image files: send one or more in the multipart field 'files'"
-            )
-        decoded = await self._in(self.decode_pool, self._decode, form.files, self.size)
+        if self.batcher is None or not self.ready:
+            raise ServiceError(503, "the service is starting or stopping; try again")
+        with self.batcher.arriving():  # batches being gathered wait for this request
+            form = await read_form(request, self.settings.max_files)
+            if not form.files:
+                raise ServiceError(
+                    422, "no image files: send one or more in the multipart field 'files'"
+                )
+            decoded = await self._in(self.decode_pool, self._decode, form.files, self.size)
         failures = [d for d in decoded if isinstance(d, ImageReadError)]
         images = [d for d in decoded if not isinstance(d, ImageReadError)]
         if not images:

@@ -2,7 +2,9 @@
 
 Each request submits its preprocessed images (uint8 ``(S, S)``) and awaits their
 probabilities. One consumer task takes the first waiting image, then gathers more until the
-batch holds ``max_batch_size`` images or ``max_wait_ms`` has passed, and runs the batch on
+batch holds ``max_batch_size`` images or ``max_wait_ms`` has passed (it waits only while
+other requests are on their way: announced with :meth:`MicroBatcher.arriving`, being
+received or decoded; a lone request runs at once), and runs the batch on
 the model's single worker thread (:class:`concurrent.futures.ThreadPoolExecutor` with one
 thread: one model per process, used by one thread at a time). While a batch runs, new
 images wait in a bounded queue; when it is full, :meth:`MicroBatcher.submit` raises
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -71,6 +73,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._arriving = 0
 
     # life cycle ------------------------------------------------------------------------
     @property
@@ -106,6 +109,16 @@ class MicroBatcher:
     def free(self) -> int:
         return self.max_queue - self.depth
 
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Announce a request that will submit soon (while its body is read and decoded):
+        a batch waits up to ``max_wait_ms`` for company only while one is announced."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+
     async def submit(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Probabilities float32 (N, L) of N preprocessed images, in order. Raises
         :class:`QueueFull` (nothing queued) when the queue cannot take all N."""
@@ -135,7 +148,7 @@ class MicroBatcher:
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self._arriving <= 0:  # nobody else on the way: run now
                 break
             try:
                 items.append(await asyncio.wait_for(queue.get(), remaining))

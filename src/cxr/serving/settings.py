@@ -18,7 +18,8 @@ class ServeSettings:
         max_request_bytes: largest request body (enforced while it streams in): 413 beyond.
         max_files: files per request at most: 413 beyond.
         max_batch_size: images per forward pass at most (micro-batches).
-        max_wait_ms: how long the first image of a micro-batch waits for others.
+        max_wait_ms: how long the first image of a micro-batch waits for others, while
+            other requests are being received or decoded (a lone request runs at once).
         max_queue: images waiting for a batch at most; a request that does not fit gets
             503 with ``Retry-After``.
         max_explanations: explanations waiting or running at most: 503 beyond.

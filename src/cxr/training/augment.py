@@ -74,7 +74,28 @@ def augment_batch(
     params = params.to(images.device, images.dtype, non_blocking=True)
     theta = params[:, :6].view(b, 2, 3)
     gain, bias = params[:, 6].view(b, 1, 1, 1), params[:, 7].view(b, 1, 1, 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    grid = affine_grid(theta, images.shape[-2], images.shape[-1])
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # contrast around each image's mean, then brightness: out * gain + mean * (1 - gain) + bias
     mean = out.mean(dim=(2, 3), keepdim=True)
-    return ((out - mean) * gain + mean + bias).clamp_(0.0, 1.0)
+    return out.mul_(gain).add_(mean * (1.0 - gain) + bias).clamp_(0.0, 1.0)
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The sampling grid (B, H, W, 2) of ``F.affine_grid(theta, (B, C, H, W),
+    align_corners=False)``, built as two outer sums per coordinate instead of a batched
+    product with an expanded base grid (several times faster on CPUs, same numbers to
+    float rounding).
+
+    Args:
+        theta: (B, 2, 3) affine matrices in normalised coordinates, any device and dtype.
+    """
+    kw = {"device": theta.device, "dtype": theta.dtype}
+    xs = (torch.arange(width, **kw) * 2 + 1) / width - 1  # pixel centres in [-1, 1]
+    ys = (torch.arange(height, **kw) * 2 + 1) / height - 1
+    grid = torch.empty(theta.shape[0], height, width, 2, **kw)
+    for k in range(2):  # output x (k = 0) and y (k = 1)
+        along_x = theta[:, k, 0, None] * xs  # (B, W)
+        along_y = theta[:, k, 1, None] * ys + theta[:, k, 2, None]  # (B, H)
+        torch.add(along_x[:, None, :], along_y[:, :, None], out=grid[..., k])
+    return grid
