@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install chromium demo lint test clean
+.PHONY: install chromium postgresql demo lint test clean
 
 $(BIN)/cxr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,26 @@ chromium:
 		exit 1; \
 	fi
 
-test: lint chromium
+# The shared-study test of `cxr tune` starts its own PostgreSQL server (initdb, pg_ctl; on
+# Debian they live in /usr/lib/postgresql/<version>/bin, off the PATH). Installed once with
+# apt-get when run as root; otherwise it stops and says what to do.
+postgresql:
+	@if [ -n "$$CXR_SKIP_POSTGRES" ]; then exit 0; fi; \
+	if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then exit 0; fi; \
+	for d in /usr/lib/postgresql/*/bin; do \
+		if [ -x "$$d/initdb" ] && [ -x "$$d/pg_ctl" ]; then exit 0; fi; \
+	done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing PostgreSQL for the shared-study test of cxr tune (apt-get)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	else \
+		echo "make: the shared-study test of cxr tune needs a PostgreSQL server: run" \
+			"'sudo apt-get install postgresql' (Debian) or 'sudo make postgresql', or set" \
+			"CXR_SKIP_POSTGRES=1 to skip that test" >&2; \
+		exit 1; \
+	fi
+
+test: lint chromium postgresql
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,7 +1,7 @@
 """Steady-state training and validation images/s of `cxr train` against a plain PyTorch loop
 (issue 16), one process per measurement.
 
-Usage (from the repository root; the defaults are the issue's settings, < ~10 min on an idle
+Usage (from the repository root; the defaults are the issue's settings, about 30 min on an idle
 2-core CPU):
     python bench/train_throughput.py --out train_throughput.json
 Quick smoke test (a minute):

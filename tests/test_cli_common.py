@@ -24,6 +24,7 @@ def test_every_command_is_registered():
         "synth",
         "demo",
         "train",
+        "tune",
         "evaluate",
         "compare",
         "calibrate",

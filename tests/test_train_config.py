@@ -43,6 +43,38 @@ def test_zero_epochs_in_both_phases_is_refused():
         TrainConfig(phase1_epochs=0, phase2_epochs=0)
 
 
+def test_epochs_left_to_the_data_are_sized_by_the_steps_per_epoch():
+    config = TrainConfig(phase1_min_steps=100, phase2_min_steps=300)
+    assert config.phase1_epochs is None and config.phase2_epochs is None
+    with pytest.raises(ConfigError, match="sized"):
+        _ = config.epochs
+    small = config.sized(9)  # ~300 images at batch 32
+    assert (small.phase1_epochs, small.phase2_epochs) == (12, 34)  # ceil(100/9), ceil(300/9)
+    large = config.sized(2450)  # the full NIH training set at batch 32
+    assert (large.phase1_epochs, large.phase2_epochs) == (2, 8) and large.epochs == 10
+    assert config.sizing_note(2450) is None
+    note = config.sizing_note(9)
+    assert note is not None and "12 epochs" in note and "34 epochs" in note
+    # explicit epochs are run exactly; one phase may be explicit and the other sized
+    mixed = config.replace(phase1_epochs=0).sized(9)
+    assert (mixed.phase1_epochs, mixed.phase2_epochs) == (0, 34)
+    assert TrainConfig(phase1_epochs=1, phase2_epochs=3).sized(1) == TrainConfig(
+        phase1_epochs=1, phase2_epochs=3
+    )
+    off = TrainConfig(phase1_min_steps=0, phase2_min_steps=0).sized(1)
+    assert (off.phase1_epochs, off.phase2_epochs) == (2, 8)
+
+
+def test_sized_epochs_survive_the_yaml_round_trip_unsized(tmp_path):
+    config = TrainConfig(phase2_epochs=5)
+    back = TrainConfig.load(config.save(tmp_path / "config.yaml"))
+    assert back.phase1_epochs is None and back.phase2_epochs == 5 and back == config
+    with pytest.raises(ConfigError, match="phase1_epochs"):
+        TrainConfig(phase1_epochs=-1)
+    with pytest.raises(ConfigError, match="phase2_min_steps"):
+        TrainConfig(phase2_min_steps=-5)
+
+
 def test_unknown_keys_in_a_file_are_named(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("phase2_lr: 0.001\nlearning_rate: 0.1\naugment:\n  rotation: 4\n")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from cxr.cache import PreparedCache
 from cxr.modelfile import load_model
 from cxr.models import HeadConfig, ModelSpec, Preprocessing, build_model
 from cxr.training import TrainConfig, TrainError, resume, train
@@ -30,6 +31,27 @@ SMALL = TrainConfig(
 
 def _weights(path):
     return {k: v.clone() for k, v in load_model(path).model.state_dict().items()}
+
+
+def test_default_epochs_grow_on_a_small_training_set(phantom_caches_small, tmp_path):
+    """Epochs left to the data: a small cache runs enough epochs for the minimum steps,
+    and a resumed run decides the same numbers from its unsized config.yaml."""
+    c = phantom_caches_small
+    config = SMALL.replace(
+        phase1_epochs=None, phase2_epochs=None, phase1_min_steps=0, phase2_min_steps=0,
+        batch_size=64, ema_decay=0.0,
+    )  # fmt: skip
+    steps = len(PreparedCache(c["train"])) // 64
+    config = config.replace(phase1_min_steps=3 * steps, phase2_min_steps=9 * steps)
+    lines: list[str] = []
+    result = train(config, c["train"], c["val"], tmp_path / "run", progress=False,
+                   echo=lines.append)  # fmt: skip
+    assert [r["phase"] for r in result.history] == [1] * 3 + [2] * 9
+    assert any("small training set" in line for line in lines)
+    saved = TrainConfig.load(tmp_path / "run" / "config.yaml")
+    assert saved.phase1_epochs is None and saved.phase2_epochs is None
+    again = resume(tmp_path / "run", progress=False, echo=lambda s: None)
+    assert again.epochs_run == 12  # nothing left to do: the same sizing
 
 
 def test_phase1_keeps_the_backbone_phase2_changes_it(phantom_caches_small, tmp_path):

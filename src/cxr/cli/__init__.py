@@ -18,7 +18,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from cxr import RESEARCH_NOTICE, __version__
-from cxr.cli import calibrate, data, demo, evaluate, export, gate, predict, serve, sign, train
+from cxr.cli import (
+    calibrate,
+    data,
+    demo,
+    evaluate,
+    export,
+    gate,
+    predict,
+    serve,
+    sign,
+    train,
+    tune,
+)
 from cxr.cli._common import EXIT_FOUND, EXIT_OK, EXIT_USAGE, CLIError
 
 __all__ = ["EXIT_FOUND", "EXIT_OK", "EXIT_USAGE", "CLIError", "build_parser", "main"]
@@ -33,7 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cxr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, demo, train, evaluate, calibrate, gate, predict, export, sign, serve):
+    for module in (
+        data,
+        demo,
+        train,
+        tune,
+        evaluate,
+        calibrate,
+        gate,
+        predict,
+        export,
+        sign,
+        serve,
+    ):
         module.add_parsers(sub)
     return parser
 
@@ -52,6 +76,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ("cxr.modelfile", "ModelFileError"),
         ("cxr.images", "ImageReadError"),
         ("cxr.export.metadata", "OnnxNotInstalled"),  # says: pip install 'cxr[onnx]'
+        ("cxr.tracking.mlflow", "MLflowNotInstalled"),  # says: pip install 'cxr[tune]'
     ):
         found = getattr(sys.modules.get(module), name, None)
         if isinstance(found, type) and issubclass(found, BaseException):

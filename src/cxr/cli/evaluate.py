@@ -19,6 +19,9 @@
     test and a paired patient-bootstrap CI).
 
 Both print a short per-label table and write Markdown, JSON, HTML and PNG reports.
+A model from a run tracked in MLflow (``cxr train --mlflow``: ``mlflow.json`` beside the
+model) gets the test metrics (``test_macro_auc``, ``test_auc_<label>``, ...) and the report
+folder logged into its MLflow run (``--no-mlflow`` skips it).
 Bad input raises ValueError (printed by ``cxr``'s main as one line, exit code 2).
 """
 
@@ -43,6 +46,7 @@ from cxr.cli._common import (
 
 if TYPE_CHECKING:
     from cxr.evaluation import ValidationPredictions
+    from cxr.evaluation.scoring import EvaluationReport
 
 
 def _common(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -146,6 +150,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         default=0.9,
         help="with --threshold-method sensitivity (default: %(default)s)",
     )
+    p.add_argument(
+        "--no-mlflow",
+        action="store_true",
+        help="--model from a run tracked in MLflow (mlflow.json beside it): do not log the test "
+        "metrics and the report into that run (logged by default when MLflow is installed)",
+    )
     _common(p, "cxr-eval")
     p.set_defaults(func=run_evaluate)
 
@@ -235,7 +245,58 @@ def run_evaluate(args: argparse.Namespace) -> int:
         + ", ".join(p.name for k, p in written.items() if k not in per_label)
         + f", and {len(per_label)} per-label ROC figures (roc_<label>.png)"
     )
+    if args.model is not None and not args.no_mlflow:
+        _log_to_mlflow(args.model, args.out, result.report)
     return EXIT_OK
+
+
+def _report_metrics(report: EvaluationReport) -> dict[str, float]:
+    """The report's summary and per-label figures as MLflow metrics (NaN ones included;
+    :func:`cxr.tracking.mlflow.log_evaluation` leaves them out)."""
+    out = {
+        "macro_auc": report.macro_auc,
+        "micro_auc": report.micro_auc,
+        "macro_average_precision": report.macro_average_precision,
+        "ece": report.ece,
+        "brier": report.brier,
+        "n_images": float(report.n_images),
+    }
+    for row in report.labels:
+        out[f"auc_{row.name}"] = row.auc
+        out[f"average_precision_{row.name}"] = row.average_precision
+        if row.operating is not None:
+            out[f"sensitivity_{row.name}"] = row.operating.sensitivity
+            out[f"specificity_{row.name}"] = row.operating.specificity
+    return out
+
+
+def _log_to_mlflow(model: Path, out: Path, report: EvaluationReport) -> None:
+    """Log the evaluation into the MLflow run that trained ``model``, when it was tracked;
+    one line says what happened. A tracking failure is reported, not raised: the report is
+    written already."""
+    from cxr.tracking.mlflow import LINK_FILE, log_evaluation, mlflow_available, run_link
+
+    link_file = model.parent / LINK_FILE
+    if not link_file.is_file():
+        return
+    if not mlflow_available():
+        print(
+            f"MLflow: not logged: {link_file} names a tracked run, but MLflow is not "
+            "installed (pip install 'cxr[tune]')"
+        )
+        return
+    try:
+        link = run_link(model.parent)
+        run_id = log_evaluation(model, out, _report_metrics(report))
+    except Exception as err:  # the report is written: a tracking failure is only reported
+        text = " ".join(str(err).split())
+        print(f"MLflow: not logged: {type(err).__name__}: {text}", file=sys.stderr)
+        return
+    if run_id is not None and link is not None:
+        print(
+            f"MLflow: test metrics (test_*) and the report logged into run {run_id} at "
+            f"{link['tracking_uri']} (--no-mlflow skips this)"
+        )
 
 
 def run_compare(args: argparse.Namespace) -> int:

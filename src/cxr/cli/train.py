@@ -3,6 +3,12 @@
 Every field of :class:`~cxr.training.TrainConfig` is an option (``--phase2-lr 3e-5``,
 ``--augment-rotate 5``, ``--channels-last``); ``--config FILE`` reads a saved
 ``config.yaml`` first and the options given on the command line override it.
+
+``--mlflow`` (or ``$MLFLOW_TRACKING_URI`` set, or ``--mlflow-uri URI``) logs the run to
+MLflow (:mod:`cxr.tracking.mlflow`; needs the ``tune`` extra): by default into
+``mlflow.db`` in the working folder, experiment ``cxr`` (``--mlflow-experiment``).
+``--resume`` continues a tracked run's MLflow run (its ``mlflow.json``) without the flag;
+``--no-mlflow`` turns tracking off.
 """
 
 from __future__ import annotations
@@ -11,10 +17,14 @@ import argparse
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr.choices import DEVICE_HELP, POOLS, PRECISIONS
 from cxr.cli._common import EXIT_OK, CLIError, parse_list
 from cxr.training.config import LOSSES, OPTIMIZERS, SCHEDULES, AugmentConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from cxr.tracking.mlflow import MLflowCallback
 
 _HELP = {
     "backbone": "backbone from the registry: densenet121 (default), densenet169, densenet201, "
@@ -25,9 +35,15 @@ _HELP = {
     "dropout": "dropout before the output layer",
     "hidden": "widths of dense layers before the output layer, comma-separated (e.g. 512,128)",
     "labels": "labels to learn, comma-separated (default: all labels of the training cache)",
-    "phase1_epochs": "epochs of phase 1: backbone frozen, head trained",
+    "phase1_epochs": "epochs of phase 1: backbone frozen, head trained (default: sized by the "
+    "training set: 2, or more to reach --phase1-min-steps optimiser steps)",
+    "phase1_min_steps": "when --phase1-epochs is not given: run phase 1 for at least this many "
+    "optimiser steps (more epochs on small training sets; 0 = just the 2 epochs)",
+    "phase2_min_steps": "when --phase2-epochs is not given: run phase 2 for at least this many "
+    "optimiser steps (more epochs on small training sets; 0 = just the 8 epochs)",
     "phase1_lr": "learning rate of phase 1",
-    "phase2_epochs": "epochs of phase 2: everything fine-tuned",
+    "phase2_epochs": "epochs of phase 2: everything fine-tuned (default: sized by the "
+    "training set: 8, or more to reach --phase2-min-steps optimiser steps)",
     "phase2_lr": "learning rate of the backbone in phase 2",
     "head_lr_factor": "phase-2 learning rate of the head = phase2_lr x this",
     "optimizer": f"one of {', '.join(OPTIMIZERS)}",
@@ -51,6 +67,10 @@ _HELP = {
     "channels_last": "feed the model channels-last (NHWC) tensors, faster for the convolutional "
     "backbones; --no-channels-last turns it off",
 }
+
+
+#: The value type of the settings whose default is None (decided later).
+_NONE_DEFAULT_TYPES: dict[str, type] = {"phase1_epochs": int, "phase2_epochs": int}
 
 
 def _flag(name: str) -> str:
@@ -92,7 +112,7 @@ def _add_fields(p: argparse._ArgumentGroup, cls: type, prefix: str = "") -> None
         elif f.name in ("hidden", "labels"):
             p.add_argument(_flag(dest), dest=dest, default=None, metavar="A,B,...", help=text)
         else:
-            kind = type(default) if default is not None else str
+            kind = type(default) if default is not None else _NONE_DEFAULT_TYPES.get(f.name, str)
             p.add_argument(_flag(dest), dest=dest, type=kind, default=None, help=text)
 
 
@@ -124,6 +144,28 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="N",
         help="CPU threads for torch (default: OMP_NUM_THREADS when set, else torch's choice; "
         "with --resume: the run's own count, for results identical to an uninterrupted run)",
+    )
+    t = p.add_argument_group("experiment tracking (MLflow; needs the tune extra)")
+    t.add_argument(
+        "--mlflow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log params, per-epoch metrics, tags and the run's files to MLflow (default: on "
+        "when MLFLOW_TRACKING_URI is set or --mlflow-uri is given, and with --resume when the "
+        "run was tracked: it continues its MLflow run); --no-mlflow turns it off",
+    )
+    t.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help="tracking store: sqlite:///FILE.db, or http(s)://HOST:PORT of a tracking server "
+        "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder, with "
+        "artifacts in mlartifacts/ beside it; view: mlflow ui --backend-store-uri URI)",
+    )
+    t.add_argument(
+        "--mlflow-experiment",
+        default="cxr",
+        metavar="NAME",
+        help="MLflow experiment of a new run (default: %(default)s)",
     )
     g = p.add_argument_group("training settings")
     _add_fields(g, TrainConfig)
@@ -178,6 +220,31 @@ def _threads(args: argparse.Namespace) -> int | None:
     return value
 
 
+def _mlflow_callback(args: argparse.Namespace) -> MLflowCallback | None:
+    """The MLflow callback when tracking is on (see --mlflow), else None."""
+    from cxr.tracking.mlflow import (
+        MLflowCallback,
+        MLflowNotInstalled,
+        run_link,
+        tracking_requested,
+    )
+
+    if args.mlflow is False:
+        return None
+    linked = args.resume is not None and run_link(args.resume) is not None
+    if not (tracking_requested(bool(args.mlflow) or bool(args.mlflow_uri)) or linked):
+        return None
+    try:
+        return MLflowCallback(tracking_uri=args.mlflow_uri, experiment=args.mlflow_experiment)
+    except MLflowNotInstalled as err:
+        why = ""
+        if not (args.mlflow or args.mlflow_uri or linked):
+            why = " (tracking is on because MLFLOW_TRACKING_URI is set; or add --no-mlflow)"
+        elif linked:
+            why = f" (the run in {args.resume} was tracked; or add --no-mlflow)"
+        raise CLIError(f"{err}{why}") from None
+
+
 def run_train(args: argparse.Namespace) -> int:
     from cxr.training import resume, run_summary, train
 
@@ -190,13 +257,20 @@ def run_train(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved settings; drop "
                 + ", ".join(_flag(n) if n in ("config", "out") else n.upper() for n in given)
             )
-        result = resume(args.resume, progress=not args.no_progress, threads=threads)
+        tracker = _mlflow_callback(args)
+        result = resume(
+            args.resume,
+            progress=not args.no_progress,
+            threads=threads,
+            callbacks=[tracker] if tracker else [],
+        )
     else:
         if args.train_cache is None or args.val_cache is None:
             raise CLIError(
                 "give TRAIN_CACHE and VAL_CACHE (folders made by `cxr prepare`), or --resume RUN"
             )
         config = config_from_args(args)
+        tracker = _mlflow_callback(args)
         out = args.out or Path("runs") / config.backbone
         if threads is not None:
             import torch
@@ -209,7 +283,11 @@ def run_train(args: argparse.Namespace) -> int:
             out,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            callbacks=[tracker] if tracker else [],
         )
     if os.environ.get("RANK", "0") == "0":  # one summary from a torchrun job
         print(run_summary(result))
+        where = tracker.describe() if tracker else None
+        if where:
+            print(where)
     return EXIT_OK

@@ -90,10 +90,10 @@ def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     Args:
         theta: (B, 2, 3) affine matrices in normalised coordinates, any device and dtype.
     """
-    kw = {"device": theta.device, "dtype": theta.dtype}
-    xs = (torch.arange(width, **kw) * 2 + 1) / width - 1  # pixel centres in [-1, 1]
-    ys = (torch.arange(height, **kw) * 2 + 1) / height - 1
-    grid = torch.empty(theta.shape[0], height, width, 2, **kw)
+    device, dtype = theta.device, theta.dtype
+    xs = (torch.arange(width, device=device, dtype=dtype) * 2 + 1) / width - 1  # pixel centres
+    ys = (torch.arange(height, device=device, dtype=dtype) * 2 + 1) / height - 1  # in [-1, 1]
+    grid = torch.empty(theta.shape[0], height, width, 2, device=device, dtype=dtype)
     for k in range(2):  # output x (k = 0) and y (k = 1)
         along_x = theta[:, k, 0, None] * xs  # (B, W)
         along_y = theta[:, k, 1, None] * ys + theta[:, k, 2, None]  # (B, H)

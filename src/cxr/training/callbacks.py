@@ -7,12 +7,15 @@ The loop delivers four events to every callback, in this order:
 - ``on_step(step)``: after every micro-batch, ``{"epoch": e, "step": i}`` (0-based);
 - ``on_epoch(row)``: after every epoch is validated and saved, with its ``history.csv`` row
   (epoch, phase, lr, losses, validation macro and per-label AUC, images/s, seconds);
-- ``on_end(result)``: once, after the last epoch, with the :class:`~cxr.training.TrainResult`.
+- ``on_end(result)``: once, after the last epoch, with the :class:`~cxr.training.TrainResult`;
+- ``on_error(error)``: instead of ``on_end`` when the run stops with an exception (a bad
+  value, NaN loss, out of memory, Ctrl-C as :class:`~cxr.training.TrainingInterrupted`, or
+  a callback's own exception such as a pruned trial); the exception is raised again after.
 
 Subclass :class:`TrainingCallback` and override what you need; a plain function
 ``fn(event, info)`` is accepted too (``event`` in ``"start"``, ``"step"``, ``"epoch"``,
-``"end"``). Callbacks run on every process of a DDP job; ``RunStart.is_main`` says whether
-this one writes files. TensorBoard logging is one such callback
+``"end"``, ``"error"``). Callbacks run on every process of a DDP job;
+``RunStart.is_main`` says whether this one writes files. TensorBoard logging is one such callback
 (:mod:`cxr.tracking.tensorboard`). A callback that raises stops the run: what the last
 completed epoch saved is kept, and ``cxr train --resume`` continues from there.
 """
@@ -71,6 +74,9 @@ class TrainingCallback:
     def on_end(self, result: Any) -> None:
         """After the last epoch: the :class:`~cxr.training.TrainResult`."""
 
+    def on_error(self, error: BaseException) -> None:
+        """The run stopped with ``error`` (raised again after every callback saw it)."""
+
 
 class FunctionCallback(TrainingCallback):
     """A function ``fn(event, info)`` as a callback."""
@@ -89,6 +95,9 @@ class FunctionCallback(TrainingCallback):
 
     def on_end(self, result: Any) -> None:
         self.fn("end", result)
+
+    def on_error(self, error: BaseException) -> None:
+        self.fn("error", error)
 
 
 def as_callbacks(

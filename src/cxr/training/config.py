@@ -10,6 +10,7 @@ convert to and from plain YAML-safe values, refusing unknown keys by name.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import yaml
 from cxr.choices import CALIBRATIONS, POOLS, PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+#: Epochs of each phase when the training set is large (phase -> epochs).
+DEFAULT_EPOCHS = {1: 2, 2: 8}
 SCHEDULES = ("cosine", "plateau", "constant")
 LOSSES = ("weighted-bce", "pos-weight-bce", "inverse-frequency", "focal", "bce")
 
@@ -67,6 +70,13 @@ class TrainConfig:
     then ``phase2_epochs`` fine-tune everything at ``phase2_lr`` (the head at
     ``phase2_lr * head_lr_factor``). Either phase may have 0 epochs.
 
+    Sized by the data: a phase whose epochs are None (the default) runs
+    ``max(DEFAULT_EPOCHS[phase], ceil(phaseN_min_steps / optimiser steps per epoch))``
+    epochs, so that a few hundred training images get enough optimiser steps to learn while
+    a large set keeps the classic 2 + 8 epochs (the full NIH training set has about 2,400
+    steps per epoch at batch 32). Epochs given explicitly are run exactly.
+    :meth:`sized` resolves them; the saved ``config.yaml`` keeps the unsized values.
+
     Speed: ``channels_last`` (on by default; every registry backbone is convolutional)
     feeds the model NHWC tensors. ``deterministic``: True picks deterministic kernels
     (cuDNN's autotuner off), False lets cuDNN pick the fastest, None (the default) means
@@ -82,10 +92,12 @@ class TrainConfig:
     hidden: tuple[int, ...] = ()
     labels: tuple[str, ...] | None = None
     # phases and optimisation
-    phase1_epochs: int = 2
+    phase1_epochs: int | None = None
     phase1_lr: float = 1e-3
-    phase2_epochs: int = 8
+    phase2_epochs: int | None = None
     phase2_lr: float = 1e-4
+    phase1_min_steps: int = 100
+    phase2_min_steps: int = 300
     head_lr_factor: float = 1.0
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
@@ -125,10 +137,17 @@ class TrainConfig:
         need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")
         need(self.pool in POOLS, "pool", f"choose one of {POOLS}")
         need(self.calibration in CALIBRATIONS, "calibration", f"choose one of {CALIBRATIONS}")
-        for name in ("phase1_epochs", "phase2_epochs", "early_stopping", "plateau_patience"):
+        for name in ("phase1_epochs", "phase2_epochs"):
+            value = getattr(self, name)
+            need(
+                value is None or (not isinstance(value, bool) and int(value) >= 0),
+                name,
+                "must be 0 or more, or null (sized by the training set)",
+            )
+        for name in ("early_stopping", "plateau_patience", "phase1_min_steps", "phase2_min_steps"):
             need(int(getattr(self, name)) >= 0, name, "must be 0 or more")
         need(
-            self.phase1_epochs + self.phase2_epochs > 0,
+            self.phase1_epochs is None or self.phase2_epochs is None or self.epochs > 0,
             "phase2_epochs",
             "phase1_epochs + phase2_epochs must be at least 1",
         )
@@ -161,8 +180,47 @@ class TrainConfig:
 
     @property
     def epochs(self) -> int:
-        """Total epochs over both phases."""
-        return self.phase1_epochs + self.phase2_epochs
+        """Total epochs over both phases (of a :meth:`sized` configuration when either
+        phase is sized by the data)."""
+        if self.phase1_epochs is None or self.phase2_epochs is None:
+            raise ConfigError(
+                "phase1_epochs/phase2_epochs: sized by the training set; call "
+                "config.sized(steps_per_epoch) first"
+            )
+        return int(self.phase1_epochs) + int(self.phase2_epochs)
+
+    def sized(self, steps_per_epoch: int) -> TrainConfig:
+        """This configuration with every phase's epochs decided: epochs given explicitly
+        are kept; a phase left at None runs ``max(DEFAULT_EPOCHS[phase],
+        ceil(min_steps / steps_per_epoch))`` epochs.
+
+        Args:
+            steps_per_epoch: optimiser steps in one epoch (batches / accumulate, per process).
+        """
+        steps = max(int(steps_per_epoch), 1)
+        changes: dict[str, int] = {}
+        for phase, default in DEFAULT_EPOCHS.items():
+            name = f"phase{phase}_epochs"
+            if getattr(self, name) is None:
+                need = math.ceil(int(getattr(self, f"phase{phase}_min_steps")) / steps)
+                changes[name] = max(default, need)
+        return self.replace(**changes) if changes else self
+
+    def sizing_note(self, steps_per_epoch: int) -> str | None:
+        """One line when the data sized a phase beyond its default epochs, else None."""
+        sized = self.sized(steps_per_epoch)
+        longer = [
+            f"phase {k}: {getattr(sized, f'phase{k}_epochs')} epochs (at least "
+            f"{getattr(self, f'phase{k}_min_steps')} steps, --phase{k}-min-steps)"
+            for k, default in DEFAULT_EPOCHS.items()
+            if getattr(self, f"phase{k}_epochs") is None
+            and getattr(sized, f"phase{k}_epochs") > default
+        ]
+        if not longer:
+            return None
+        return f"small training set ({steps_per_epoch} optimiser steps per epoch): " + "; ".join(
+            longer
+        )
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

@@ -131,6 +131,10 @@ class Engine:
                 self.model, lr_backbone=c.phase2_lr, lr_head=c.phase2_lr * c.head_lr_factor
             )
             epochs = c.phase2_epochs
+        if epochs is None:
+            raise ValueError(
+                f"phase{phase}_epochs is not decided: give the Engine config.sized(steps_per_epoch)"
+            )
         self.optimizer = _make_optimizer(c, groups)
         self.schedule = LRSchedule(
             self.optimizer,

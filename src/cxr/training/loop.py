@@ -254,13 +254,16 @@ def _run(
             f"the training cache {train_c.path} has {len(train_c)} images, fewer "
             f"than one batch of {config.batch_size} per process; lower --batch-size"
         )
+    steps_per_epoch = math.ceil(len(train_b) / config.accumulate)
+    sizing = config.sizing_note(steps_per_epoch)
+    config = config.sized(steps_per_epoch)  # the phases' epochs, decided by the data
     engine = Engine(
         config,
         names,
         Preprocessing(size=train_c.size, fit=train_c.fit),
         train_c.table.labels[:, train_index],
         info,
-        steps_per_epoch=math.ceil(len(train_b) / config.accumulate),
+        steps_per_epoch=steps_per_epoch,
     )
     val_labels = val_c.table.labels[:, val_index]
     history: list[dict] = []
@@ -275,6 +278,26 @@ def _run(
         _resume_threads(int(state.get("cpu_threads", 0)), threads, info, echo)
     if info.is_main:
         echo(_plan_line(config, info, names, train_c, val_c, run_dir, start))
+        if sizing:
+            echo(sizing)
+    try:
+        result = _observed(
+            config, engine, train_b, val_b, val_labels, names, run_dir, info, progress, echo,
+            callbacks, history, start, best_auc, best_epoch, bad_epochs, train_c, val_c,
+        )  # fmt: skip
+    except BaseException as err:
+        for cb in callbacks:
+            cb.on_error(err)
+        raise
+    dd.teardown(info)
+    return result
+
+
+def _observed(
+    config, engine, train_b, val_b, val_labels, names, run_dir, info, progress, echo,
+    callbacks, history, start, best_auc, best_epoch, bad_epochs, train_c, val_c,
+) -> TrainResult:  # fmt: skip
+    """The run from its start event to its end event (the caller reports errors)."""
     for cb in callbacks:
         cb.on_start(
             RunStart(
@@ -316,7 +339,6 @@ def _run(
     result = TrainResult(run_dir, float(best_auc), best_epoch, len(history), history)
     for cb in callbacks:
         cb.on_end(result)
-    dd.teardown(info)
     return result
 
 

@@ -1,0 +1,239 @@
+"""What a study's trials amount to: their kinds, counts, one-line summaries and the files
+``cxr tune`` keeps in its output folder.
+
+Kinds of trial (:func:`kind`), from Optuna's states and the user attributes cxr sets:
+
+- ``complete``, ``pruned``: finished; counted toward the study's number of trials;
+- ``failed``: training raised (user attribute ``fail_reason``); counted;
+- ``interrupted``: left RUNNING by a worker that was stopped (killed, Ctrl-C, a machine
+  gone) and marked FAIL with ``fail_reason`` "interrupted" by a later worker (or FAIL with
+  no reason: failed by Optuna's heartbeat check); not counted, its values are tried again;
+- ``surplus``: asked for by a worker that lost the race for the study's last slot (user
+  attribute ``surplus``); not counted, not shown;
+- ``running`` (counted: a live worker trains it), ``waiting`` (enqueued, not started).
+
+Files, rewritten after every finished trial (each written whole, then renamed into place,
+so that several workers and a kill never leave half a file)::
+
+    trials.csv                 one row per trial: number, state, value, seconds,
+                               fail_reason, retry_of, epochs, run_dir, then the parameters
+    best_config.yaml           the best trial's full TrainConfig (cxr train --config)
+    best_trial.json            the best trial: number, value, parameters, run folder
+    optimisation_history.png   value per trial and best so far
+    param_importances.png      PED-ANOVA importances of the parameters
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from cxr.training.config import TrainConfig
+
+__all__ = [
+    "BEST_CONFIG",
+    "BEST_TRIAL",
+    "HISTORY_PNG",
+    "IMPORTANCES_PNG",
+    "INTERRUPTED",
+    "TRIALS_CSV",
+    "Counts",
+    "best_of",
+    "count",
+    "kind",
+    "trial_line",
+    "write_atomic",
+    "write_outputs",
+]
+
+TRIALS_CSV = "trials.csv"
+BEST_CONFIG = "best_config.yaml"
+BEST_TRIAL = "best_trial.json"
+HISTORY_PNG = "optimisation_history.png"
+IMPORTANCES_PNG = "param_importances.png"
+#: The fail_reason of a trial whose worker was stopped.
+INTERRUPTED = "interrupted"
+
+
+def kind(trial: FrozenTrial) -> str:
+    """complete, pruned, failed, interrupted, surplus, running or waiting (see above)."""
+    if trial.state == TrialState.COMPLETE:
+        return "complete"
+    if trial.state == TrialState.PRUNED:
+        return "pruned"
+    if trial.state == TrialState.RUNNING:
+        return "running"
+    if trial.state == TrialState.WAITING:
+        return "waiting"
+    if trial.user_attrs.get("surplus"):
+        return "surplus"
+    if trial.user_attrs.get("fail_reason", INTERRUPTED) == INTERRUPTED:
+        return "interrupted"
+    return "failed"
+
+
+@dataclass
+class Counts:
+    """Trials by kind."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    interrupted: int = 0
+    surplus: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        """Trials that ended and count: complete, pruned and failed."""
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def counted(self) -> int:
+        """Trials toward the study's number: finished ones and those running now."""
+        return self.finished + self.running
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in vars(self).items()}
+
+    def describe(self) -> str:
+        parts = [f"{v} {k}" for k, v in vars(self).items() if v and k != "surplus"]
+        return ", ".join(parts) or "no trials"
+
+
+def count(trials: Iterable[FrozenTrial], below: int | None = None) -> Counts:
+    """Trials by kind; with ``below``, only those numbered lower."""
+    out = Counts()
+    for t in trials:
+        if below is None or t.number < below:
+            name = kind(t)
+            setattr(out, name, getattr(out, name) + 1)
+    return out
+
+
+def best_of(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """The complete trial of the highest value (the lowest number among equals)."""
+    done = [t for t in trials if kind(t) == "complete" and t.value is not None]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def seconds(trial: FrozenTrial) -> float | None:
+    """How long the trial ran: its ``seconds`` attribute, else its start and end times."""
+    got = trial.user_attrs.get("seconds")
+    if isinstance(got, (int, float)):
+        return float(got)
+    if trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
+
+
+def trial_line(trial: FrozenTrial, best: FrozenTrial | None = None) -> str:
+    """One line about a finished trial: number, how it ended, value, time, parameters."""
+    what = kind(trial)
+    epochs = len(trial.intermediate_values)
+    if what == "complete":
+        status = f"complete: {trial.value:.4f}"
+    elif what == "pruned":
+        last = trial.intermediate_values.get(max(trial.intermediate_values, default=0))
+        status = f"pruned after epoch {epochs}" + (f" ({last:.4f})" if last is not None else "")
+    else:
+        status = f"{what}: {trial.user_attrs.get('fail_reason', INTERRUPTED)}"
+    took = seconds(trial)
+    line = f"trial {trial.number} {status}"
+    line += f" in {took:.1f} s" if took is not None else ""
+    line += " (" + ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items()) + ")"
+    if best is not None:
+        line += f"; best {best.value:.4f} (trial {best.number})"
+    return line
+
+
+def trials_csv(trials: Sequence[FrozenTrial]) -> str:
+    """The rows of ``trials.csv`` (surplus trials left out)."""
+    shown = [t for t in trials if kind(t) != "surplus"]
+    names: list[str] = []
+    for t in shown:
+        names += [k for k in t.params if k not in names]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    fixed = ["number", "state", "value", "seconds", "fail_reason", "retry_of", "epochs", "run_dir"]
+    w.writerow(fixed + names)
+    for t in sorted(shown, key=lambda t: t.number):
+        took = seconds(t)
+        row = [
+            t.number,
+            t.state.name,
+            "" if t.value is None else repr(float(t.value)),
+            "" if took is None else f"{took:.3f}",
+            t.user_attrs.get("fail_reason", INTERRUPTED if kind(t) == "interrupted" else ""),
+            t.user_attrs.get("retry_of", ""),
+            len(t.intermediate_values),
+            t.user_attrs.get("run_dir", ""),
+        ]
+        w.writerow(row + [t.params.get(n, "") for n in names])
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole, then rename it into place (no reader sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    os.replace(tmp, path)
+
+
+def _best_json(best: FrozenTrial, study_name: str) -> str:
+    return json.dumps(
+        {
+            "study": study_name,
+            "number": best.number,
+            "value": best.value,
+            "params": best.params,
+            "run_dir": best.user_attrs.get("run_dir"),
+            "host": (best.user_attrs.get("worker") or {}).get("host"),
+            "epochs": len(best.intermediate_values),
+            "seconds": seconds(best),
+        },
+        indent=2,
+    )
+
+
+def write_outputs(
+    trials: Sequence[FrozenTrial], study: Any, out_dir: Path, study_name: str
+) -> list[Path]:
+    """Rewrite the files of ``out_dir`` (see the module docstring); returns their paths.
+
+    Args:
+        trials: the study's trials.
+        study: the :class:`optuna.Study` (for the parameter importances).
+    """
+    from cxr.tuning.figures import history_png, importances_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / TRIALS_CSV, trials_csv(trials))
+    written = [out_dir / TRIALS_CSV]
+    best = best_of(trials)
+    if best is not None and isinstance(best.user_attrs.get("config"), dict):
+        config = TrainConfig.from_dict(best.user_attrs["config"])
+        tmp = out_dir / f".{BEST_CONFIG}.{os.getpid()}.tmp"
+        config.save(tmp)
+        os.replace(tmp, out_dir / BEST_CONFIG)
+        write_atomic(out_dir / BEST_TRIAL, _best_json(best, study_name) + "\n")
+        written += [out_dir / BEST_CONFIG, out_dir / BEST_TRIAL]
+    write_atomic(out_dir / HISTORY_PNG, history_png(trials))
+    write_atomic(out_dir / IMPORTANCES_PNG, importances_png(study))
+    return written + [out_dir / HISTORY_PNG, out_dir / IMPORTANCES_PNG]

@@ -1,0 +1,153 @@
+"""One trial of a study: a normal training run, observed for pruning and NaN.
+
+:func:`run_trial` builds the trial's :class:`~cxr.training.TrainConfig` from the base
+config and the space, trains it in ``trials/trial-NNNN/`` (a normal run folder: ``cxr
+evaluate`` and ``cxr predict`` work on its ``best.safetensors``) and tells the study how it
+ended:
+
+- COMPLETE with the run's best validation macro AUC;
+- PRUNED when the pruner stopped it (:class:`PruningCallback` reports the AUC of every
+  epoch and raises :class:`optuna.TrialPruned` inside the training loop);
+- FAIL with the user attribute ``fail_reason`` (one line) for any error of training: a
+  refused value, NaN loss or AUC, out of memory. The study goes on.
+
+Ctrl-C is not caught: the trial stays RUNNING and the next run of the study marks it
+interrupted and tries its values again (:mod:`cxr.tuning.study`).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from cxr.training.callbacks import TrainingCallback
+from cxr.tuning.space import SearchSpace
+
+if TYPE_CHECKING:
+    from cxr.cache import PreparedCache
+    from cxr.training import TrainConfig
+
+__all__ = ["PruningCallback", "TrialFailed", "one_line", "run_trial", "trial_dir"]
+
+#: Characters of an error message kept as a trial's fail_reason.
+REASON_CHARS = 300
+
+
+class TrialFailed(RuntimeError):
+    """A trial cannot give a value (NaN loss or AUC); the message says why."""
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: its type and message, whitespace folded, shortened."""
+    text = " ".join(str(error).split())
+    line = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return line if len(line) <= REASON_CHARS else line[: REASON_CHARS - 3] + "..."
+
+
+def trial_dir(trials_dir: Path, number: int) -> Path:
+    """The run folder of trial ``number``: ``trials_dir/trial-0007``."""
+    return trials_dir / f"trial-{number:04d}"
+
+
+class PruningCallback(TrainingCallback):
+    """Reports each epoch's validation macro AUC to ``trial`` (step = epoch, 1-based) and
+    stops the run when the pruner says so (:class:`optuna.TrialPruned`) or when the loss or
+    the AUC is NaN (:class:`TrialFailed`; NaN values are never reported)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.epochs = 0
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        epoch = int(row["epoch"])
+        self.epochs = epoch
+        loss = float(row.get("train_loss", math.nan))
+        auc = float(row.get("val_macro_auc", math.nan))
+        if not math.isfinite(loss):
+            raise TrialFailed(f"the training loss is {loss} at epoch {epoch}")
+        if not math.isfinite(auc):
+            raise TrialFailed(f"the validation macro AUC is NaN at epoch {epoch}")
+        self.trial.report(auc, step=epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} (validation macro AUC {auc:.4f})")
+
+
+def _log_to(path: Path) -> Callable[[str], None]:
+    """An echo that appends the run's lines to ``path`` (the trial's own log)."""
+
+    def echo(line: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(line + "\n")
+
+    return echo
+
+
+def _free_memory() -> None:
+    """Give back what a failed run held (an out-of-memory trial must not fail the next)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 (best effort only)
+        pass
+
+
+def run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    space: SearchSpace,
+    base: TrainConfig,
+    train_cache: PreparedCache | Path,
+    val_cache: PreparedCache | Path,
+    trials_dir: Path,
+    *,
+    progress: bool = False,
+    callbacks: Sequence[TrainingCallback] = (),
+) -> FrozenTrial:
+    """Train ``trial``'s settings and tell ``study`` how it ended (see the module docstring).
+
+    Returns the finished trial, with user attributes ``run_dir``, ``config`` (the full
+    TrainConfig as a dict), ``seconds`` and, for a failure, ``fail_reason``.
+    """
+    from cxr.training import train
+
+    run_dir = trial_dir(trials_dir, trial.number)
+    trial.set_user_attr("run_dir", str(run_dir.resolve()))
+    started = time.monotonic()
+    value: float | None = None
+    reason: str | None = None
+    try:
+        config = space.suggest(trial, base)
+        trial.set_user_attr("config", config.to_dict())
+        result = train(
+            config,
+            train_cache,
+            val_cache,
+            run_dir,
+            overwrite=True,  # a trial number is issued once: a folder there is a leftover
+            progress=progress,
+            echo=_log_to(run_dir / "tune.log"),
+            callbacks=[PruningCallback(trial), *callbacks],
+        )
+        if not math.isfinite(result.best_auc):
+            raise TrialFailed("no epoch gave a validation macro AUC")
+        value, state = float(result.best_auc), TrialState.COMPLETE
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except Exception as err:  # noqa: BLE001 (any failure of one trial; the study goes on)
+        state, reason = TrialState.FAIL, one_line(err)
+        _free_memory()
+    trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
+    if reason is not None:
+        trial.set_user_attr("fail_reason", reason)
+    return study.tell(trial, value, state=state)
