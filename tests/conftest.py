@@ -54,6 +54,12 @@ def phantom_caches_small(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def phantom_caches_300(tmp_path_factory) -> dict[str, Path]:
+    """300 phantoms at 64 px, split and prepared: the tuning and tracking runs."""
+    return make_phantom_caches(tmp_path_factory.mktemp("phantoms_300"), 300, 64)
+
+
+@pytest.fixture(scope="session")
 def phantom_caches_64(tmp_path_factory) -> dict[str, Path]:
     """1000 phantoms at 64 px, split and prepared: runs that must learn."""
     return make_phantom_caches(tmp_path_factory.mktemp("phantoms_64"), 1000, 64)

@@ -9,12 +9,11 @@ import pytest
 from cxr.cli import build_parser, main
 from cxr.cli.train import config_from_args
 from cxr.training import TrainConfig
-from test_tuning_study import shared_caches
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    return shared_caches(tmp_path_factory)
+def caches(phantom_caches_300):
+    return phantom_caches_300
 
 
 def _base_args(caches, out) -> list[str]:

@@ -20,7 +20,6 @@ from urllib.request import url2pathname
 
 import pytest
 
-from conftest import make_phantom_caches
 from cxr import __version__
 from cxr.cache import PreparedCache
 from cxr.cli import main
@@ -70,14 +69,8 @@ def client_for():
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory) -> dict[str, Path]:
-    """300 phantoms at 64 px, split and prepared: the caches of tests/test_tuning_study.py
-    (made once when both files run)."""
-    root = tmp_path_factory.getbasetemp() / "tune_phantoms"
-    if not (root / "done").is_file():
-        make_phantom_caches(root, 300, 64)
-        (root / "done").write_text("")
-    return {k: root / "cache" / k for k in ("train", "val", "test")}
+def phantoms(phantom_caches_300) -> dict[str, Path]:
+    return phantom_caches_300
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import pytest
 
 from cxr.tuning import records
 from cxr.tuning.storage import open_storage
-from test_tuning_study import shared_caches
 
 
 def _binary(name: str) -> str | None:
@@ -86,8 +85,8 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_workers_share_a_study_in_postgresql(postgres_url, tmp_path, tmp_path_factory):
-    caches = shared_caches(tmp_path_factory)
+def test_two_workers_share_a_study_in_postgresql(postgres_url, tmp_path, phantom_caches_300):
+    caches = phantom_caches_300
     space = tmp_path / "space.yaml"
     space.write_text("replace: true\nparams:\n  phase2_lr: {low: 1e-3, high: 1e-2, log: true}\n")
     cmd = [

@@ -15,7 +15,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import make_phantom_caches
 from cxr.training import TrainConfig, train
 from cxr.tuning import SearchSpace, TuneError, records, tune
 from cxr.tuning.study import _Search
@@ -36,18 +35,9 @@ BASE = TrainConfig(
 QUICK_SPACE = "replace: true\nparams:\n  phase2_lr: {low: 1e-3, high: 1e-2, log: true}\n"
 
 
-def shared_caches(tmp_path_factory) -> dict[str, Path]:
-    """300 phantoms at 64 px, split and prepared once per session for every tuning test."""
-    root = tmp_path_factory.getbasetemp() / "tune_phantoms"
-    if not (root / "done").is_file():
-        make_phantom_caches(root, 300, 64)
-        (root / "done").write_text("")
-    return {k: root / "cache" / k for k in ("train", "val", "test")}
-
-
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    return shared_caches(tmp_path_factory)
+def caches(phantom_caches_300):
+    return phantom_caches_300
 
 
 def _journal(out: Path, name: str = "cxr") -> optuna.Study:

@@ -96,8 +96,8 @@ class TrainConfig:
     phase1_lr: float = 1e-3
     phase2_epochs: int | None = None
     phase2_lr: float = 1e-4
-    phase1_min_steps: int = 100
-    phase2_min_steps: int = 300
+    phase1_min_steps: int = 75
+    phase2_min_steps: int = 125
     head_lr_factor: float = 1.0
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
