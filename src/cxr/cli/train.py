@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 
 from cxr.choices import DEVICE_HELP, POOLS, PRECISIONS
 from cxr.cli._common import EXIT_OK, CLIError, parse_list
-from cxr.training.config import LOSSES, OPTIMIZERS, SCHEDULES, AugmentConfig, TrainConfig
+from cxr.training.config import (
+    LOSSES,
+    NONE_DEFAULT_TYPES,
+    OPTIMIZERS,
+    SCHEDULES,
+    AugmentConfig,
+    TrainConfig,
+)
 
 if TYPE_CHECKING:
     from cxr.tracking.mlflow import MLflowCallback
@@ -69,10 +76,6 @@ _HELP = {
 }
 
 
-#: The value type of the settings whose default is None (decided later).
-_NONE_DEFAULT_TYPES: dict[str, type] = {"phase1_epochs": int, "phase2_epochs": int}
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -112,7 +115,7 @@ def _add_fields(p: argparse._ArgumentGroup, cls: type, prefix: str = "") -> None
         elif f.name in ("hidden", "labels"):
             p.add_argument(_flag(dest), dest=dest, default=None, metavar="A,B,...", help=text)
         else:
-            kind = type(default) if default is not None else _NONE_DEFAULT_TYPES.get(f.name, str)
+            kind = type(default) if default is not None else NONE_DEFAULT_TYPES.get(f.name, str)
             p.add_argument(_flag(dest), dest=dest, type=kind, default=None, help=text)
 
 

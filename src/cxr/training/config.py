@@ -22,6 +22,8 @@ from cxr.choices import CALIBRATIONS, POOLS, PRECISIONS
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 #: Epochs of each phase when the training set is large (phase -> epochs).
 DEFAULT_EPOCHS = {1: 2, 2: 8}
+#: The value type of the settings whose default is None (decided later: by the data).
+NONE_DEFAULT_TYPES: dict[str, type] = {"phase1_epochs": int, "phase2_epochs": int}
 SCHEDULES = ("cosine", "plateau", "constant")
 LOSSES = ("weighted-bce", "pos-weight-bce", "inverse-frequency", "focal", "bce")
 

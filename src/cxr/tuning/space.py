@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from cxr.choices import POOLS
-from cxr.training.config import LOSSES, OPTIMIZERS, AugmentConfig, ConfigError, TrainConfig
+from cxr.training.config import (
+    LOSSES,
+    NONE_DEFAULT_TYPES,
+    OPTIMIZERS,
+    AugmentConfig,
+    ConfigError,
+    TrainConfig,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -58,8 +65,6 @@ _SPECIAL = (HIDDEN_LAYERS, HIDDEN_WIDTH)
 #: Width of a dense layer when the space draws a layer count but no widths and the base
 #: config has no layer to copy.
 _FALLBACK_WIDTH = 256
-#: Settings whose default is None, with the type of their other values.
-_NONE_DEFAULT_TYPES: dict[str, type] = {"phase1_epochs": int, "phase2_epochs": int}
 _RANGE_KEYS = {"low", "high", "log", "step"}
 
 
@@ -178,7 +183,7 @@ def _value_type(name: str) -> type | None:
         raise KeyError(name)
     default = getattr(owner, field)
     if default is None:
-        return _NONE_DEFAULT_TYPES.get(field)
+        return NONE_DEFAULT_TYPES.get(field)
     if isinstance(default, bool):
         return None
     if isinstance(default, (int, float)):
