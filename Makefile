@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install chromium postgresql demo lint test clean
+.PHONY: install chromium postgresql dicom3tools demo lint test clean
 
 $(BIN)/cxr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,15 @@ install: $(BIN)/cxr
 demo: install
 	$(BIN)/cxr demo
 
-# Lint and types: ruff (rules and line length in pyproject.toml), ruff's formatter, mypy on
-# src/cxr. Any finding fails `make lint`, and so `make test`.
+# Lint, types and layers: ruff (rules and line length in pyproject.toml), ruff's formatter,
+# mypy on src/cxr (strict for serving, tuning, tracking, export and inference), and
+# import-linter's contracts (the layers of the README's Architecture section, no cycles).
+# Any finding fails `make lint`, and so `make test`.
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The browser test of `cxr serve` drives Debian's Chromium, headless. A target of its own
 # (the virtual environment above is rebuilt only when pyproject.toml changes): installed
@@ -64,7 +67,23 @@ postgresql:
 		exit 1; \
 	fi
 
-test: lint chromium postgresql
+# The DICOM result objects (cxr.dicomout) are checked with dciodvfy, Debian's DICOM
+# validator (package dicom3tools). Installed once with apt-get when run as root; otherwise
+# it stops and says what to do. CXR_SKIP_DCIODVFY=1 skips those checks.
+dicom3tools:
+	@if [ -n "$$CXR_SKIP_DCIODVFY" ]; then exit 0; fi; \
+	if command -v dciodvfy >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing dicom3tools (dciodvfy) for the tests of the DICOM results (apt-get)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dicom3tools; \
+	else \
+		echo "make: the tests of the DICOM results need dciodvfy: run 'sudo apt-get install" \
+			"dicom3tools' (Debian) or 'sudo make dicom3tools', or set CXR_SKIP_DCIODVFY=1 to" \
+			"skip those checks" >&2; \
+		exit 1; \
+	fi
+
+test: lint chromium postgresql dicom3tools
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -6,12 +6,11 @@ Usage: python bench/bootstrap_speed.py [--n 25000] [--labels 14] [--resamples 10
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
 
+from _common import machine_line  # bench/ is on sys.path when run as a script
 from cxr.evaluation import significance as metrics
 
 
@@ -28,7 +27,7 @@ def main() -> None:
     start = time.perf_counter()
     cis = metrics.bootstrap_auc_ci_many(y, p, groups, n=args.resamples, seed=0)
     seconds = time.perf_counter() - start
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}")
+    print(machine_line(numpy=np.__version__))
     print(
         f"{args.n} images, {args.labels} labels, {args.resamples} patient resamples: "
         f"{seconds:.2f} s ({sum(ci.n_valid for ci in cis)} valid resamples)"

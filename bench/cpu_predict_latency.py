@@ -28,27 +28,16 @@ import argparse
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from _common import command_times, timings  # bench/ is on sys.path when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 NIH = REPO.parent / "shared" / "datasets" / "nih14-fullres" / "images"
-
-
-def _times(fn, repeat: int, warmup: int = 3) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return np.array(out)
 
 
 def _row(name: str, seconds: np.ndarray) -> str:
@@ -68,15 +57,6 @@ def _image(arg: str | None, tmp: Path) -> Path:
 
     table = generate_phantoms(tmp / "ph", SynthConfig(n_images=1, size=1024, seed=0), workers=1)
     return Path(table.paths[0])
-
-
-def _wall(cmd: list[str], repeat: int) -> np.ndarray:
-    out = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        out.append(time.perf_counter() - start)
-    return np.array(out)
 
 
 def main() -> None:
@@ -114,22 +94,22 @@ def main() -> None:
         rows = [
             _row(
                 "file -> probabilities (decode, resize, forward)",
-                _times(
+                timings(
                     lambda: predictor.predict_arrays(predictor.preprocess(image_path)), args.repeat
                 ),
             ),
             _row(
                 "forward only (preprocessed image)",
-                _times(lambda: predictor.predict_arrays(image), args.repeat),
+                timings(lambda: predictor.predict_arrays(image), args.repeat),
             ),
             _row(
                 "forward + Grad-CAM of one label",
-                _times(
+                timings(
                     lambda: explain(predictor.model, image, labels=[spec.labels[0]]), args.repeat
                 ),
             ),
         ]
-        batch_s = _times(
+        batch_s = timings(
             lambda: predictor.predict_arrays(batch), max(3, args.repeat // 6), warmup=1
         )
         formats = {}
@@ -138,11 +118,13 @@ def main() -> None:
                 p = Predictor(model_file, batch_size=32, channels_last=cl)
                 for b in (1, 32):
                     runs = max(3, args.repeat // (6 if b > 1 else 3))
-                    t = _times(lambda p=p, b=b: p.predict_arrays(batch[:b]), runs, warmup=1)
+                    t = timings(lambda p=p, b=b: p.predict_arrays(batch[:b]), runs, warmup=1)
                     formats.setdefault((cl, b), []).append(b / np.median(t))
         exe = shutil.which("cxr") or str(Path(sys.executable).with_name("cxr"))
-        help_s = _wall([exe, "--help"], 5)
-        full_s = _wall([exe, "predict", str(model_file), str(image_path), "--no-progress"], 5)
+        help_s = command_times([exe, "--help"], 5)
+        full_s = command_times(
+            [exe, "predict", str(model_file), str(image_path), "--no-progress"], 5
+        )
 
         print(
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads; "

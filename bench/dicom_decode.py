@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import os
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +34,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from _common import machine_line, median_time  # bench/ is on sys.path when run as a script
 from cxr.images import load_for_cache
 
 
@@ -188,15 +185,6 @@ def write_all(arr: np.ndarray, out: Path) -> dict[str, Path]:
     return files
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=5)
@@ -210,10 +198,7 @@ def main() -> None:
         files = write_all(arr, out)
         load_for_cache(files["Explicit VR Little Endian"], 224)  # imports, first-call costs
         raw = arr.nbytes
-        print(
-            f"machine: {platform.machine()}, {os.cpu_count()} cores; pydicom "
-            f"{pydicom.__version__}; load average {os.getloadavg()[0]:.2f}"
-        )
+        print(machine_line(pydicom=pydicom.__version__))
         print(f"image: {args.size} x {args.size}, 16 bits stored; median of {args.repeats}")
         print("| transfer syntax | file MB | ratio | pixel_array s | load_for_cache(224) s |")
         print("|---|---:|---:|---:|---:|")
@@ -221,8 +206,8 @@ def main() -> None:
             decoded = pydicom.dcmread(path).pixel_array
             if not np.array_equal(decoded, arr):
                 raise SystemExit(f"{name}: the decoded pixels differ from the original")
-            t_pixels = timed(lambda p=path: pydicom.dcmread(p).pixel_array, args.repeats)
-            t_cxr = timed(lambda p=path: load_for_cache(p, 224), args.repeats)
+            t_pixels = median_time(lambda p=path: pydicom.dcmread(p).pixel_array, args.repeats)
+            t_cxr = median_time(lambda p=path: load_for_cache(p, 224), args.repeats)
             size = path.stat().st_size
             print(
                 f"| {name} | {size / 1e6:.1f} | {raw / size:.2f} | {t_pixels:.3f} | {t_cxr:.3f} |"

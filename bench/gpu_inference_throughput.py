@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -42,20 +41,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import machine  # bench/ is on sys.path when run as a script
 from cxr.cache import PreparedCache
 from cxr.devices import resolve_device
 from cxr.inference import Predictor
 from cxr.modelfile import load_model, save_model
 from cxr.models import ModelSpec, Preprocessing, build_model
-from gpu_train_throughput import (  # bench/ is on sys.path when this file is run as a script
+from gpu_train_throughput import (
     TARGET,
+    args_phantom_cache,
     base_parser,
+    base_settings,
     free_memory,
-    machine,
-    markdown,
-    phantom_cache,
+    print_report,
     sync,
     timed_rate,
+    write_result,
 )
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -158,14 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    _, cache = phantom_cache(
-        args.work_dir,
-        args.n_images,
-        args.unique,
-        args.phantom_size,
-        args.size,
-        args.prepare_workers,
-    )
+    _, cache = args_phantom_cache(args)
     model_file = args.work_dir / f"model-{args.backbone}-{args.size}px.safetensors"
     torch.manual_seed(0)
     spec = ModelSpec(
@@ -220,62 +214,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     m = machine(device)
     settings = {
-        "backbone": args.backbone,
-        "size": args.size,
-        "batch_size": args.batch_size,
-        "precision": args.precision,
-        "channels_last": args.channels_last,
+        **base_settings(args),
         "cudnn_benchmark": args.cudnn_benchmark,
         "n_images": len(cache),
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
     }
-    print(
-        "\n"
-        + markdown(
-            [
-                "machine",
-                "torch",
-                "cxr",
-                "backbone",
-                "size",
-                "batch",
-                "precision",
-                "channels-last",
-                "cudnn.benchmark",
-            ],
-            [
-                [
-                    m["machine"],
-                    m["torch"],
-                    m["cxr"],
-                    args.backbone,
-                    str(args.size),
-                    str(args.batch_size),
-                    args.precision,
-                    str(args.channels_last).lower(),
-                    str(args.cudnn_benchmark).lower(),
-                ]
-            ],
-        )
-        + "\n"
-    )
-    print(
-        markdown(
-            ["compile", "measure", "images/s", "/ ceiling"],
-            [
-                [
-                    r["compile"],
-                    r["measure"],
-                    f"{r['images_per_second']:.1f}",
-                    "-" if r["ratio_to_ceiling"] is None else f"{r['ratio_to_ceiling']:.3f}",
-                ]
-                for r in results
-            ],
-        )
-        + "\n"
-    )
+    print_report(m, args, ("cudnn.benchmark", str(args.cudnn_benchmark).lower()), results)
     for r in results:
         if r["measure"].startswith("cxr"):
             met = "met" if r["ratio_to_ceiling"] >= TARGET else "NOT met"
@@ -283,22 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['compile']}: {r['measure']}: {r['ratio_to_ceiling']:.3f} of the ceiling "
                 f"(target >= {TARGET:.2f}: {met})"
             )
-    out = args.out or args.work_dir / "gpu_inference_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "gpu_inference_throughput",
-                "machine": m,
-                "settings": settings,
-                "results": results,
-                "target": TARGET,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"written {out}")
+    write_result(args, "gpu_inference_throughput", m, settings, results)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
@@ -46,45 +45,23 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _common import machine, markdown, write_json  # bench/ is on sys.path as a script
 from cxr.cache import PreparedCache, prepare
+from cxr.cache.batches import CacheBatches
 from cxr.losses import build_loss
 from cxr.models import ModelSpec, Preprocessing, build_model, parameter_groups
 from cxr.synth import SynthConfig, generate_phantoms, table_from_dir
 from cxr.table import LabelTable
 from cxr.training import distributed as dd
+from cxr.training.callbacks import FunctionCallback
 from cxr.training.config import AugmentConfig, TrainConfig
 from cxr.training.engine import Engine
-from cxr.training.loader import CacheBatches
 
 TARGET = 0.90
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 # shared with gpu_inference_throughput.py -------------------------------------------------
-def machine(device: torch.device) -> dict:
-    """What ran the benchmark."""
-    import cxr
-
-    try:
-        import monai
-    except ImportError:
-        monai = None
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()})"
-    )
-    return {
-        "machine": name,
-        "cpu_cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cxr": cxr.__version__,
-        "monai": monai.__version__ if monai else "not installed",
-        "python": platform.python_version(),
-    }
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -128,6 +105,18 @@ def phantom_cache(
     return table, PreparedCache(cache_dir)
 
 
+def args_phantom_cache(args: argparse.Namespace) -> tuple[LabelTable, PreparedCache]:
+    """:func:`phantom_cache` with the settings of :func:`base_parser`'s options."""
+    return phantom_cache(
+        args.work_dir,
+        args.n_images,
+        args.unique,
+        args.phantom_size,
+        args.size,
+        args.prepare_workers,
+    )
+
+
 def timed_rate(
     step: Callable[[torch.Tensor, torch.Tensor], None],
     batches: Iterator[Batch],
@@ -147,9 +136,48 @@ def timed_rate(
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+def base_settings(args: argparse.Namespace) -> dict:
+    """The settings of :func:`base_parser` both GPU benchmarks record in their JSON."""
+    return {
+        "backbone": args.backbone,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+    }
+
+
+def print_report(m: dict, args: argparse.Namespace, cudnn: tuple[str, str], results: list) -> None:
+    """The Markdown settings table (``cudnn``: its column name and value) and the results
+    table (compile mode, measure, images/s and the ratio to the ceiling) of a GPU benchmark."""
+    header = ["machine", "torch", "cxr", "backbone", "size", "batch", "precision"]
+    row = [m["machine"], m["torch"], m["cxr"], args.backbone, str(args.size)]
+    row += [str(args.batch_size), args.precision, str(args.channels_last).lower(), cudnn[1]]
+    print("\n" + markdown([*header, "channels-last", cudnn[0]], [row]) + "\n")
+    rows = [
+        [r["compile"], r["measure"], f"{r['images_per_second']:.1f}", _ratio(r)] for r in results
+    ]
+    print(markdown(["compile", "measure", "images/s", "/ ceiling"], rows) + "\n")
+
+
+def write_result(
+    args: argparse.Namespace,
+    benchmark: str,
+    m: dict,
+    settings: dict,
+    results: list,
+    speedups: dict | None = None,
+) -> None:
+    """Write the JSON result of a GPU benchmark to --out (default: WORK_DIR/BENCHMARK.json)."""
+    data = {"benchmark": benchmark, "machine": m, "settings": settings, "results": results}
+    if speedups is not None:
+        data["cache_speedup_over_naive"] = speedups
+    write_json(args.out or args.work_dir / f"{benchmark}.json", {**data, "target": TARGET})
+
+
+def _ratio(result: dict) -> str:
+    ratio = result["ratio_to_ceiling"]
+    return "-" if ratio is None else f"{ratio:.3f}"
 
 
 # the three measurements --------------------------------------------------------------------
@@ -230,7 +258,7 @@ def cxr_rate(
     engine = Engine(
         config,
         cache.table.pathologies,
-        cache.size,
+        Preprocessing(size=cache.size, fit=cache.fit),
         cache.table.labels,
         info,
         steps_per_epoch=math.ceil(per_epoch / config.accumulate),
@@ -254,7 +282,7 @@ def cxr_rate(
     for epoch in itertools.count():
         batches.set_epoch(epoch)
         try:
-            engine.train_epoch(batches, epoch, False, [timer])
+            engine.train_epoch(batches, epoch, False, [FunctionCallback(timer)])
         except _Done:
             break
     return steps * config.batch_size / (marks[1] - marks[0])
@@ -364,14 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     info = dd.setup(args.device)
     torch.backends.cudnn.deterministic = args.deterministic
     torch.backends.cudnn.benchmark = not args.deterministic
-    table, cache = phantom_cache(
-        args.work_dir,
-        args.n_images,
-        args.unique,
-        args.phantom_size,
-        args.size,
-        args.prepare_workers,
-    )
+    table, cache = args_phantom_cache(args)
     base = TrainConfig(
         backbone=args.backbone,
         batch_size=args.batch_size,
@@ -427,11 +448,7 @@ def main(argv: list[str] | None = None) -> None:
 def report(args: argparse.Namespace, m: dict, results: list[dict]) -> None:
     cudnn = "deterministic" if args.deterministic else "benchmark"
     settings = {
-        "backbone": args.backbone,
-        "size": args.size,
-        "batch_size": args.batch_size,
-        "precision": args.precision,
-        "channels_last": args.channels_last,
+        **base_settings(args),
         "cudnn": cudnn,
         "loader_threads": args.loader_threads,
         "n_images": args.n_images,
@@ -440,51 +457,7 @@ def report(args: argparse.Namespace, m: dict, results: list[dict]) -> None:
         "steps": args.steps,
         "warmup": args.warmup,
     }
-    print(
-        "\n"
-        + markdown(
-            [
-                "machine",
-                "torch",
-                "cxr",
-                "backbone",
-                "size",
-                "batch",
-                "precision",
-                "channels-last",
-                "cuDNN",
-            ],
-            [
-                [
-                    m["machine"],
-                    m["torch"],
-                    m["cxr"],
-                    args.backbone,
-                    str(args.size),
-                    str(args.batch_size),
-                    args.precision,
-                    str(args.channels_last).lower(),
-                    cudnn,
-                ]
-            ],
-        )
-        + "\n"
-    )
-    print(
-        markdown(
-            ["compile", "measure", "images/s", "/ ceiling"],
-            [
-                [
-                    r["compile"],
-                    r["measure"],
-                    f"{r['images_per_second']:.1f}",
-                    f"{r['ratio_to_ceiling']:.3f}",
-                ]
-                for r in results
-            ],
-        )
-        + "\n"
-    )
+    print_report(m, args, ("cuDNN", cudnn), results)
     speedups = {}
     for r in results:
         if r["measure"].startswith("cxr"):
@@ -500,23 +473,7 @@ def report(args: argparse.Namespace, m: dict, results: list[dict]) -> None:
                 f"{key}: {r['ratio_to_ceiling']:.3f} of the ceiling (target >= {TARGET:.2f}: "
                 f"{met}); cache speed-up over naive {speedups[key]:.2f}x"
             )
-    out = args.out or args.work_dir / "gpu_train_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "gpu_train_throughput",
-                "machine": m,
-                "settings": settings,
-                "results": results,
-                "cache_speedup_over_naive": speedups,
-                "target": TARGET,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"written {out}")
+    write_result(args, "gpu_train_throughput", m, settings, results, speedups)
 
 
 if __name__ == "__main__":

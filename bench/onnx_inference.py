@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,29 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import command_times, cpu_model, load_average  # bench/ is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(x.split(":", 1)[1].strip() for x in out.splitlines() if "Model name" in x)
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        name = platform.processor() or "unknown"
-    return f"{name}, {os.cpu_count()} cores"
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _cold(cmd: list[str], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def main() -> None:
@@ -89,7 +68,7 @@ def main() -> None:
     from cxr.preprocessing import to_model_input
     from cxr.synth import SynthConfig, generate_phantoms
 
-    print(f"machine: {_cpu()}; load average at start {_load()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load average at start {load_average()}")
     print(
         f"Python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
         f"{onnxruntime.__version__}, cxr {__version__}; {args.threads} threads"
@@ -155,7 +134,7 @@ def main() -> None:
                 t = time.perf_counter()
                 fn(args.batch)
                 batched[name].append(time.perf_counter() - t)
-    print(f"\nload average after the timed rounds: {_load()}")
+    print(f"\nload average after the timed rounds: {load_average()}")
     base1 = 1 / np.median(single["torch eager (channels-last)"])
     base16 = args.batch / np.median(batched["torch eager (channels-last)"])
     print(
@@ -179,15 +158,19 @@ def main() -> None:
 
     Image.fromarray(pixels[0]).save(image)
     cxr = [sys.executable, "-m", "cxr", "predict"]
-    onnx_cold = _cold([*cxr, str(tmp / "d121.onnx"), str(image), "--no-progress"], args.cold)
-    torch_cold = _cold([*cxr, str(model_file), str(image), "--no-progress"], args.cold_torch)
+    onnx_cold = command_times(
+        [*cxr, str(tmp / "d121.onnx"), str(image), "--no-progress"], args.cold
+    )
+    torch_cold = command_times(
+        [*cxr, str(model_file), str(image), "--no-progress"], args.cold_torch
+    )
     print(
         f"\ncold start `cxr predict MODEL one.png` (fresh process): ONNX median "
         f"{np.median(onnx_cold):.2f} s (runs {', '.join(f'{v:.2f}' for v in onnx_cold)}); "
         f"torch median {np.median(torch_cold):.2f} s "
         f"(runs {', '.join(f'{v:.2f}' for v in torch_cold)})"
     )
-    print(f"load average at the end: {_load()}")
+    print(f"load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":

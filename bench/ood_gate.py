@@ -20,25 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _common import machine_line  # bench/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def train_model(out: Path) -> Path:
@@ -102,7 +91,7 @@ def main() -> None:
         rows.append((name, len(images), int(flagged.sum()), float(np.median(scores))))
     scored = sum(r[1] for r in rows)
     seconds = time.time() - t0
-    print(f"machine: {_cpu()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    print(machine_line(torch=torch.__version__))
     print(f"gate: {gate.describe()}")
     print(
         f"model ready and gate fitted in {trained:.0f} s; scoring {scored} images: {seconds:.2f} s"

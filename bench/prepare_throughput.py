@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from _common import machine_line  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared" / "datasets" / "nih14-fullres" / "images"
@@ -89,11 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import cxr
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"python {platform.python_version()}, Pillow {PIL.__version__}, numpy {np.__version__}, "
-        f"cxr {cxr.__version__}"
-    )
+    print(machine_line(Pillow=PIL.__version__, numpy=np.__version__, cxr=cxr.__version__))
     print(
         f"images: {len(files)} files ({shape}) x {args.repeat} = {len(paths)} decodes; "
         f"output {args.size}x{args.size}; workers {args.workers}"

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import cpu_model, percentiles_ms  # bench/ is on sys.path as a script
+
 REPO = Path(__file__).resolve().parents[1]
 NIH = REPO.parent / "shared" / "datasets" / "nih14-fullres" / "images"
 BOUNDARY = "cxr-bench-boundary-7d1f"
@@ -59,13 +61,6 @@ def multipart(name: str, data: bytes) -> bytes:
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    a = np.asarray(seconds) * 1000
-    if not len(a):
-        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
-    return {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)}
 
 
 def make_images(root: Path, n: int) -> list[Path]:
@@ -128,7 +123,7 @@ def in_process(model: Path, backend: str, files: list[Path], repeat: int) -> dic
         assert result.all_succeeded and len(result.items) == len(files)
     seconds = time.perf_counter() - t
     return {
-        "single_ms": percentiles(single),
+        "single_ms": percentiles_ms(single),
         "batched_images_per_s": passes * len(files) / seconds,
         "batched_images": passes * len(files),
     }
@@ -232,7 +227,7 @@ def load(
         "errors": sum(n for c, n in codes.items() if c != 200),
         "codes": {str(c): n for c, n in sorted(codes.items())},
         "requests_per_s": ok / wall,
-        "latency_ms": percentiles(latencies),
+        "latency_ms": percentiles_ms(latencies),
     }
 
 
@@ -257,7 +252,7 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     results: dict = {
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "load_before": os.getloadavg(),
@@ -307,16 +302,6 @@ def main() -> None:
     print(report(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def report(results: dict) -> str:

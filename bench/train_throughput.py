@@ -29,6 +29,9 @@ from the run's start event to the end of the warm-up steps); each measurement is
 process; cxr and plain alternate (A B A B ...) --repeats times and the median is reported.
 The machine load (os.getloadavg) is recorded before and after: figures taken with a
 1-minute load above 1.5 on a 2-core machine are provisional.
+
+These are steps inside the loop; a whole epoch as a user runs it (`cxr train`, history.csv's
+figure and wall time, against a plain loop over the same images) is bench/train_epoch.py.
 """
 
 from __future__ import annotations
@@ -185,11 +188,11 @@ def _cxr_predict(m: dict) -> dict:
     import torch
 
     from cxr.cache import PreparedCache
+    from cxr.cache.batches import CacheBatches
     from cxr.preprocessing import Preprocessing
     from cxr.training import TrainConfig
     from cxr.training import distributed as dd
     from cxr.training.engine import Engine
-    from cxr.training.loader import CacheBatches
 
     info = dd.setup(m["device"])
     config = TrainConfig(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr import cache as cache_mod
 from cxr.cache import CacheError, PreparedCache, prepare
+from cxr.cache import workers as cache_mod
 from cxr.images import load_for_cache
 from cxr.table import LabelTable
 
@@ -169,7 +169,8 @@ def test_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path, good
 KILL_SCRIPT = """
 import sys, time
 import numpy as np
-import cxr.cache as c
+import cxr.cache.workers as c
+from cxr.cache import prepare
 from cxr.table import LabelTable
 real = c.load_for_cache
 def slow(p, s, f):
@@ -179,7 +180,7 @@ c.load_for_cache = slow
 c._CHUNK = 4
 c._CHECKPOINT_SECONDS = 0.2
 t = LabelTable.read_csv(sys.argv[1])
-c.prepare(t, sys.argv[2], int(sys.argv[3]), workers=1, progress=False)
+prepare(t, sys.argv[2], int(sys.argv[3]), workers=1, progress=False)
 """
 
 

@@ -332,7 +332,7 @@ def test_model_file_on_a_cache_and_on_its_images(
         # the stored threshold, on the calibrated scale the report's probabilities are on
         assert loaded.calibration is not None
         stored = loaded.thresholds[row["label"]]
-        assert row["threshold"] == pytest.approx(loaded.calibration.threshold(row["label"], stored))
+        assert row["threshold"] == pytest.approx(loaded.calibration.map(row["label"], stored))
     assert data["summary"]["macro_auc"] >= 0.9
     # the same images through the dataset path (decoded again): the same probabilities
     assert (

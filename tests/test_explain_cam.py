@@ -1,4 +1,4 @@
-"""Grad-CAM without autograd (cxr.explain_cam): equal to torch Grad-CAM where the head allows."""
+"""Grad-CAM without autograd (cxr.explain.cam): equal to torch Grad-CAM where the head allows."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from cxr.cache import PreparedCache
-from cxr.explain import explain, grad_cam_maps
-from cxr.explain_cam import CamUnavailable, cam_maps, check_cam_head, resize_bilinear
-from cxr.export.metadata import HeadWeights
+from cxr.explain import (
+    CamUnavailable,
+    cam_maps,
+    check_cam_head,
+    explain,
+    grad_cam_maps,
+    resize_bilinear,
+)
 from cxr.modelfile import load_model
+from cxr.modelformat.onnx_metadata import HeadWeights
 from cxr.models import HeadConfig, ModelSpec, Preprocessing, build_model
 
 
@@ -81,7 +87,7 @@ def test_explanations_of_the_onnx_export_match_torch_grad_cam(
 ):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from cxr.explain_cam import explain_onnx
+    from cxr.explain import explain_onnx
     from cxr.export import export_onnx
     from cxr.inference import OnnxBackend
 

@@ -17,8 +17,8 @@ from cxr.cache import PreparedCache, prepare  # noqa: E402
 from cxr.cli import main as cxr_main  # noqa: E402
 from cxr.export import ExportError, export_onnx, read_onnx_info  # noqa: E402
 from cxr.export import onnx as onnx_export  # noqa: E402
-from cxr.export.metadata import HEAD_KEY, META_KEY, OUTPUT_NAMES  # noqa: E402
 from cxr.modelfile import load_model, read_model_info, save_model  # noqa: E402
+from cxr.modelformat.onnx_metadata import HEAD_KEY, META_KEY, OUTPUT_NAMES  # noqa: E402
 from cxr.models import HeadConfig, ModelSpec, Preprocessing, build_model  # noqa: E402
 
 

@@ -320,3 +320,19 @@ def test_parameter_groups_cover_every_parameter_once_and_survive_unfreezing():
     )
     with pytest.raises(ValueError, match="lr_head"):
         parameter_groups(model, 1e-4, float("nan"))
+
+
+def test_lazy_names_are_the_modules_public_names():
+    """``cxr.models`` loads the classifier and the pretrained weights on first use of their
+    names: each is a public name of its module (the classifier's, all of them)."""
+    import importlib
+
+    import cxr.models as models
+
+    for module in set(models._LAZY.values()):
+        names = {n for n, m in models._LAZY.items() if m == module}
+        public = set(importlib.import_module(module).__all__)
+        assert names <= public, module
+        if module == "cxr.models.classifier":
+            assert names == public
+        assert names <= set(models.__all__)

@@ -20,9 +20,9 @@ from cxr.cache import PreparedCache  # noqa: E402
 from cxr.cli import main as cxr_main  # noqa: E402
 from cxr.evaluation.predictions import read_predictions  # noqa: E402
 from cxr.export import OnnxFileError, export_onnx  # noqa: E402
-from cxr.export.metadata import OnnxNotInstalled  # noqa: E402
 from cxr.inference import BACKENDS, OnnxBackend, Predictor, TorchBackend, open_backend  # noqa: E402
 from cxr.modelfile import load_model  # noqa: E402
+from cxr.modelformat.onnx_metadata import OnnxNotInstalled  # noqa: E402
 
 TOL = 1e-4
 

@@ -259,7 +259,7 @@ def test_onnx_export_carries_the_gate(plain_model, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from cxr.export import export_onnx
-    from cxr.export.metadata import read_onnx_info
+    from cxr.modelformat.onnx_metadata import read_onnx_info
 
     torch_predictor = Predictor(plain_model)
     pooled = [torch_predictor.backend.features(_pixels(40, seed=s))[1] for s in (1, 2)]

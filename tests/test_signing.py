@@ -92,7 +92,7 @@ def test_unsigned_files_are_refused_when_a_key_is_configured(tmp_path, model, mo
 
 def test_a_forged_file_with_a_recomputed_checksum_fails_its_signature(tmp_path, model, monkeypatch):
     """The attack the checksum alone cannot stop: edit the labels, recompute the SHA-256."""
-    from cxr import modelfile
+    from cxr.modelformat.safetensors_file import digest
 
     monkeypatch.setenv(KEY_ENV, KEY)
     path = save_model(tmp_path / "m.safetensors", model)
@@ -101,7 +101,7 @@ def test_a_forged_file_with_a_recomputed_checksum_fails_its_signature(tmp_path, 
         tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
     meta = json.loads(header["cxr"])
     meta["spec"]["labels"] = ["Pneumothorax", "Normal"]
-    meta["sha256"] = modelfile._digest(meta, tensors)
+    meta["sha256"] = digest(meta, tensors)
     header["cxr"] = json.dumps(meta)
     save_file(tensors, str(path), metadata=header)  # keeps the old signature
     with pytest.raises(ModelFileError, match="signature does not match"):

@@ -33,7 +33,7 @@ from cxr.tracking import (
     tracking_requested,
     tracking_uri,
 )
-from cxr.tracking.mlflow import git_commit
+from cxr.tracking.mlflow_store import git_commit
 from cxr.training import AugmentConfig, TrainConfig, TrainingInterrupted, resume, train
 from cxr.training.callbacks import RunStart, TrainingCallback
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxr.cache import PreparedCache
-from cxr.training.loader import CacheBatches
+from cxr.cache.batches import CacheBatches
 
 
 @pytest.fixture(scope="module")

@@ -135,10 +135,13 @@ class Calibration:
                 out[ok, j] = m(col[ok]).astype(np.float32)
         return out
 
-    def threshold(self, label: str, t: float) -> float:
-        """A raw-scale threshold expressed on the calibrated scale (same decisions)."""
+    def map(self, label: str, p: float) -> float:
+        """One probability of ``label`` (the model's raw score, or a threshold on it) on the
+        calibrated scale: the label's map applied, or ``p`` itself for a label without a map.
+        The maps are strictly increasing, so a raw threshold ``t`` makes the same decisions
+        on raw scores as ``map(label, t)`` on calibrated ones."""
         m = self.maps.get(label)
-        return float(t) if m is None else float(m(np.array([t]))[0])
+        return float(p) if m is None else float(m(np.array([p], np.float64))[0])
 
     def to_dict(self) -> dict[str, Any]:
         return {

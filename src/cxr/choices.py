@@ -7,6 +7,8 @@ torch, numpy or pandas), so that building the ``cxr`` argument parser stays quic
 from __future__ import annotations
 
 __all__ = [
+    "BLANK_POLICIES",
+    "CALIBRATIONS",
     "CAM_METHODS",
     "DATASET_FORMATS",
     "DEVICE_HELP",
@@ -16,6 +18,7 @@ __all__ = [
     "POOLS",
     "PRECISIONS",
     "THRESHOLD_METHODS",
+    "UNCERTAIN_POLICIES",
 ]
 
 #: Head pooling layers: global average or generalised mean (GeM).
@@ -26,6 +29,10 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 FIT_MODES: tuple[str, ...] = ("pad", "crop")
 #: Dataset formats :func:`cxr.datasets.load_dataset` reads.
 DATASET_FORMATS: tuple[str, ...] = ("nih", "chexpert", "csv", "folders", "list", "dicom")
+#: CheXpert's uncertain (-1) labels become 1 (U-Ones), 0 (U-Zeros) or unknown (U-Ignore).
+UNCERTAIN_POLICIES: tuple[str, ...] = ("ones", "zeros", "ignore")
+#: A blank CheXpert label is unknown (nan) or absent (zero).
+BLANK_POLICIES: tuple[str, ...] = ("nan", "zero")
 #: What to do with a multi-frame DICOM: use its first frame (with a warning), or refuse it.
 MULTIFRAME_MODES: tuple[str, ...] = ("first", "refuse")
 #: Heatmap methods of :mod:`cxr.explain`.

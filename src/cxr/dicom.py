@@ -20,7 +20,9 @@ with libjpeg, openjpeg and RLE; pyjpegls). Files without a file meta header (no
 ``DICM`` prefix) are read when they hold a DICOM data set. pydicom's own warnings
 become one :class:`DicomWarning` each, ``"{file}: {message}"``.
 
-pydicom is imported on the first DICOM file only (see :func:`cxr.images._pydicom`).
+pydicom is imported on the first DICOM file only (see
+:func:`cxr.imagefile.pydicom_modules`). This module imports nothing of cxr above
+:mod:`cxr.imagefile`: :mod:`cxr.images` imports it, not the reverse.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from cxr.choices import MULTIFRAME_MODES
-from cxr.images import _LUMA, ImageReadError, _pydicom
+from cxr.imagefile import LUMA, ImageReadError, pydicom_modules
 
 __all__ = [
     "CHEST_BODY_PARTS",
@@ -182,7 +184,7 @@ def _reissued_warnings(path: str) -> Iterator[None]:
 
 
 def _dcmread(path: str, data: bytes | None, stop_before_pixels: bool = False) -> Any:
-    pydicom, InvalidDicomError = _pydicom()[:2]
+    pydicom, InvalidDicomError = pydicom_modules()[:2]
 
     def source() -> Any:
         return path if data is None else io.BytesIO(data)
@@ -283,7 +285,7 @@ def read_dicom(
 
 def _decode(path: str, data: bytes | None, policy: DicomPolicy, notes: list[str]) -> np.ndarray:
     (_, _, apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array) = (
-        _pydicom()
+        pydicom_modules()
     )
     ds = _dcmread(path, data)
     if not policy.any_modality:
@@ -339,7 +341,7 @@ def _decode(path: str, data: bytes | None, policy: DicomPolicy, notes: list[str]
         if photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)
         if arr.ndim == 3:  # colour (pydicom converts YBR to RGB): luminance
-            x = arr[..., :3].astype(np.float64) @ _LUMA.astype(np.float64)
+            x = arr[..., :3].astype(np.float64) @ LUMA.astype(np.float64)
         else:
             x = apply_voi_lut(apply_modality_lut(arr, ds), ds).astype(np.float64)
     except ImageReadError:

@@ -11,7 +11,6 @@ stays on and truncated files are refused, never padded.
 
 from __future__ import annotations
 
-import functools
 import io
 import numbers
 import os
@@ -20,96 +19,38 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxr.choices import FIT_MODES
+from cxr.dicom import DicomPolicy, read_dicom
+from cxr.imagefile import LUMA, ImageReadError
 
-if TYPE_CHECKING:
-    from cxr.dicom import DicomPolicy
-
-
-@functools.cache
-def _pydicom() -> tuple[Any, ...]:
-    """pydicom's reader and LUT functions, imported on the first DICOM file (importing
-    pydicom takes about 0.6 s, a third of a whole `cxr predict` of one PNG with an ONNX
-    model): ``(pydicom, InvalidDicomError, apply_color_lut, apply_modality_lut,
-    apply_voi_lut, get_decoder, pixel_array)``, the last two None on pydicom 2.4."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    get_decoder: Any
-    pixel_array: Any
-    try:  # pydicom >= 3
-        from pydicom.pixels import (
-            apply_color_lut,
-            apply_modality_lut,
-            apply_voi_lut,
-            get_decoder,
-            pixel_array,
-        )
-    except ImportError:  # pragma: no cover - pydicom 2.4
-        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]  # 2.4 names
-            apply_color_lut,
-            apply_modality_lut,
-            apply_voi_lut,
-        )
-
-        get_decoder = pixel_array = None
-    return (
-        pydicom,
-        InvalidDicomError,
-        apply_color_lut,
-        apply_modality_lut,
-        apply_voi_lut,
-        get_decoder,
-        pixel_array,
-    )
+__all__ = [
+    "FIT_MODES",
+    "IMAGE_SUFFIXES",
+    "MIN_IMAGE_SIDE",
+    "ImageReadError",
+    "fit_square",
+    "is_dicom",
+    "load_bytes",
+    "load_for_cache",
+    "read_gray",
+]
 
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 
-_REASONS = (
-    "missing",
-    "empty",
-    "truncated",
-    "too-large",
-    "too-small",
-    "unsupported",
-    "unreadable",
-    "wrong-modality",
-)
 #: The smallest shorter side (pixels) of an image that is fitted into a square larger than
 #: it: below ``min(MIN_IMAGE_SIDE, size)``, an image is refused ("too-small") rather than
 #: blown up into a flat square. (An image may be as small as the square it fills.)
 MIN_IMAGE_SIDE = 64
 _RESAMPLE = Image.Resampling.BILINEAR
 _PIL_FORMATS = ("PNG", "JPEG")
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 _MODES_8BIT = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
 _MODES_16BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _PathLike = str | os.PathLike[str]
-
-
-class ImageReadError(Exception):
-    """An image that cannot be used.
-
-    Attributes: ``path`` (str), ``reason`` (one of ``missing``, ``empty``, ``truncated``,
-    ``too-large``, ``too-small``, ``unsupported``, ``unreadable``, ``wrong-modality``) and
-    ``detail`` (free text).
-    ``str(err)`` is ``"{path}: {reason}: {detail}"``.
-    """
-
-    def __init__(self, path: _PathLike, reason: str, detail: str) -> None:
-        if reason not in _REASONS:
-            raise ValueError(f"reason must be one of {_REASONS}, got {reason!r}")
-        super().__init__(str(path), reason, detail)
-        self.path, self.reason, self.detail = str(path), reason, detail
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}: {self.detail}"
 
 
 def is_dicom(path: _PathLike) -> bool:
@@ -355,7 +296,7 @@ def _pil_to_float(img: Image.Image, path: str) -> np.ndarray:
         gray = img if mode == "L" else img.convert("L")
         return np.asarray(gray).astype(np.float32) / np.float32(255.0)
     rgb = np.asarray(img if mode == "RGB" else img.convert("RGB"), dtype=np.float32)
-    return (rgb @ (_LUMA / np.float32(255.0))).astype(np.float32)
+    return (rgb @ (LUMA / np.float32(255.0))).astype(np.float32)
 
 
 def _fit_pil(
@@ -394,7 +335,6 @@ def _quantise(x: np.ndarray) -> np.ndarray:
 def _read_dicom(
     path: str, data: bytes | None = None, policy: DicomPolicy | None = None
 ) -> np.ndarray:
-    """The DICOM branch: :func:`cxr.dicom.read_dicom` (imported here, on the first DICOM)."""
-    from cxr.dicom import read_dicom
-
+    """The DICOM branch: :func:`cxr.dicom.read_dicom` (pydicom is imported on the first
+    DICOM)."""
     return read_dicom(path, data, policy)

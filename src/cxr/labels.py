@@ -29,8 +29,8 @@ NIH14_LABELS: tuple[str, ...] = (
     "Hernia",
 )
 
-#: The 14 observations of CheXpert, as canonical names (column order of train.csv).
-CHEXPERT14_LABELS: tuple[str, ...] = (
+#: The 14 observation columns of CheXpert as its CSVs spell them (column order of train.csv).
+CHEXPERT14_COLUMNS: tuple[str, ...] = (
     "No Finding",
     "Enlarged Cardiomediastinum",
     "Cardiomegaly",
@@ -41,11 +41,17 @@ CHEXPERT14_LABELS: tuple[str, ...] = (
     "Pneumonia",
     "Atelectasis",
     "Pneumothorax",
-    "Effusion",
+    "Pleural Effusion",
     "Pleural Other",
     "Fracture",
     "Support Devices",
 )
+
+#: CheXpert columns whose canonical name is NIH's (the one finding both datasets name).
+_CHEXPERT_RENAMED: dict[str, str] = {"Pleural Effusion": "Effusion"}
+
+#: The 14 observations of CheXpert, as canonical names (column order of train.csv).
+CHEXPERT14_LABELS: tuple[str, ...] = tuple(_CHEXPERT_RENAMED.get(c, c) for c in CHEXPERT14_COLUMNS)
 
 #: Label names that mean "no finding" rather than a finding (folder-per-class datasets).
 NORMAL_CLASS_NAMES: frozenset[str] = frozenset({"normal", "nofinding", "healthy", "negative"})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.errors import CxrError
 from cxr.table import LabelTable
 
 __all__ = ["FORMAT_VERSION", "PENDING", "REJECTED", "STORED", "CacheError", "PreparedCache"]
@@ -23,7 +24,7 @@ FORMAT_VERSION = 1
 PENDING, STORED, REJECTED = 0, 1, 2
 
 
-class CacheError(RuntimeError):
+class CacheError(CxrError, RuntimeError):
     """A cache folder that cannot be used as asked (settings or inputs differ, incomplete...)."""
 
 

@@ -27,6 +27,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from cxr.errors import CxrError
+
 __all__ = [
     "KEY_ENV",
     "KEY_FILE_ENV",
@@ -45,7 +47,7 @@ MIN_KEY_BYTES = 16
 SIGNATURE_SCHEME = "hmac-sha256"
 
 
-class SigningError(ValueError):
+class SigningError(CxrError, ValueError):
     """A signing key that cannot be used, or a file whose signature fails; the message says
     which and what to do."""
 

@@ -32,8 +32,18 @@ from cxr.cli import (
     tune,
 )
 from cxr.cli._common import EXIT_FOUND, EXIT_OK, EXIT_USAGE, CLIError
+from cxr.errors import CxrError
 
-__all__ = ["EXIT_FOUND", "EXIT_OK", "EXIT_USAGE", "CLIError", "build_parser", "main"]
+__all__ = [
+    "EXIT_FOUND",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "USER_ERRORS",
+    "CLIError",
+    "CxrError",
+    "build_parser",
+    "main",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,26 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (printed as one line), not a bug in cxr.
-
-    Only modules already imported are asked for their error classes (an error of a module
-    never imported cannot have been raised), so that reporting an error of, e.g., `cxr
-    predict model.onnx` imports no torch.
-    """
-    errors: list[type[BaseException]] = [CLIError, ValueError, OSError]
-    for module, name in (
-        ("cxr.prepared_cache", "CacheError"),
-        ("cxr.training.config", "TrainError"),
-        ("cxr.modelfile", "ModelFileError"),
-        ("cxr.images", "ImageReadError"),
-        ("cxr.export.metadata", "OnnxNotInstalled"),  # says: pip install 'cxr[onnx]'
-        ("cxr.tracking.mlflow", "MLflowNotInstalled"),  # says: pip install 'cxr[tune]'
-    ):
-        found = getattr(sys.modules.get(module), name, None)
-        if isinstance(found, type) and issubclass(found, BaseException):
-            errors.append(found)
-    return tuple(errors)
+#: Exceptions that mean bad input (printed as one line), not a bug in cxr: every error a user
+#: can cause derives from :class:`~cxr.errors.CxrError`; ``ValueError`` and ``OSError`` cover
+#: bad values and files reported by the standard library and third-party readers.
+USER_ERRORS: tuple[type[BaseException], ...] = (CxrError, ValueError, OSError)
 
 
 def _quiet_stdout() -> None:
@@ -115,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `cxr ... | head`: the reader left; end quietly
         _quiet_stdout()
         return EXIT_OK
-    except _user_errors() as err:
+    except USER_ERRORS as err:
         if os.environ.get("CXR_DEBUG"):
             raise
         print(f"cxr {args.command}: error: {err}", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""What every ``cxr`` sub-command shares: exit codes, the CLI error, list parsing and the
-options that several commands take (dataset, device, precision, progress).
+"""What every ``cxr`` sub-command shares: exit codes, the CLI error, list parsing and reading
+the datasets named by the source options (the options themselves: :mod:`cxr.cli.options`).
 
 Nothing here imports torch, numpy or pandas: building the parser stays quick.
 """
@@ -7,11 +7,12 @@ Nothing here imports torch, numpy or pandas: building the parser stays quick.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr.choices import DATASET_FORMATS, DEVICE_HELP, PRECISIONS
+from cxr.errors import CxrError
 
 if TYPE_CHECKING:
     from cxr.table import LabelTable
@@ -21,11 +22,8 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "CLIError",
-    "add_dataset_format",
-    "add_device",
-    "add_precision",
-    "add_progress",
-    "add_source_options",
+    "as_cli_error",
+    "keywords",
     "load_sources",
     "parse_list",
 ]
@@ -35,7 +33,7 @@ __all__ = [
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
 
-class CLIError(ValueError):
+class CLIError(CxrError, ValueError):
     """A user error the CLI reports in one line (exit code 2)."""
 
 
@@ -50,94 +48,24 @@ def parse_list(text: str | None, flag: str) -> list[str] | None:
     return items
 
 
-def add_dataset_format(
-    p: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "dataset"
-) -> None:
-    p.add_argument(
-        "--format",
-        choices=DATASET_FORMATS,
-        help=f"{what} format (default: detected from the files present)",
-    )
+@contextmanager
+def as_cli_error(*errors: type[Exception]) -> Iterator[None]:
+    """Re-raise ``errors`` raised inside the block as a :class:`CLIError` with the same
+    message (one line, exit code 2): for library errors that mean bad input only where the
+    CLI calls (e.g. a ``RuntimeError`` for a CUDA device on a machine without one)."""
+    try:
+        yield
+    except errors as err:
+        raise CLIError(str(err)) from None
 
 
-def add_device(p: argparse.ArgumentParser | argparse._ArgumentGroup, default: str = "cpu") -> None:
-    p.add_argument(
-        "--device", default=default, help=f"torch device: {DEVICE_HELP} (default: %(default)s)"
-    )
-
-
-def add_precision(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument(
-        "--precision",
-        choices=("auto", *PRECISIONS),
-        default="auto",
-        help="forward-pass precision; auto = bf16 on a GPU, fp32 on the CPU (default: %(default)s)",
-    )
-
-
-def add_progress(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+def keywords(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options ``names`` of ``args`` as keyword arguments of the same names, for the
+    library function a command calls: ``f(**keywords(args, "seed", "epochs"))``."""
+    return {name: getattr(args, name) for name in names}
 
 
 # datasets ----------------------------------------------------------------------------------
-def add_source_options(p: argparse.ArgumentParser, many: bool = True) -> None:
-    """The SOURCE argument(s) and the dataset reader options."""
-    p.add_argument(
-        "source",
-        nargs="+" if many else None,
-        type=Path,
-        help="dataset: a folder or a label file (NIH Data_Entry_2017.csv, CheXpert "
-        "train.csv/valid.csv, a plain CSV, a folder per class, a .txt image list)"
-        + ("; several are merged over the union of their labels" if many else ""),
-    )
-    g = p.add_argument_group("dataset options (each applies to the formats that have it)")
-    add_dataset_format(g)
-    g.add_argument(
-        "--uncertain",
-        choices=("ones", "zeros", "ignore"),
-        help="CheXpert: uncertain (-1) labels become 1 (U-Ones), 0 (U-Zeros) or unknown",
-    )
-    g.add_argument(
-        "--blank",
-        choices=("nan", "zero"),
-        help="CheXpert: a blank label is unknown (nan, default) or absent (zero)",
-    )
-    g.add_argument(
-        "--all-views",
-        action="store_true",
-        help="CheXpert: keep lateral views too (default: frontal only)",
-    )
-    g.add_argument("--image-column", help="plain CSV: the column holding image file names")
-    g.add_argument("--patient-column", help="plain CSV: the column holding patient ids")
-    g.add_argument(
-        "--image-root",
-        type=Path,
-        help="plain CSV: folder the image names are relative to (default: the CSV's)",
-    )
-    g.add_argument(
-        "--allow-outside-paths",
-        action="store_true",
-        help="plain CSV, CheXpert, image list: accept relative image paths that climb out of the "
-        "dataset folder (../x.png; refused by default)",
-    )
-    g.add_argument(
-        "--dicom-labels",
-        type=Path,
-        metavar="CSV",
-        help="DICOM folder: the labels CSV (default: the one CSV in the folder, if any)",
-    )
-    g.add_argument(
-        "--dicom-join",
-        choices=("sop", "accession", "file"),
-        help="DICOM folder: join the labels by SOPInstanceUID, AccessionNumber or file path "
-        "(default: the first of these columns the CSV has)",
-    )
-    g.add_argument(
-        "--labels",
-        help="comma-separated labels to keep, in this order (default: all labels of the dataset)",
-    )
-
-
 #: Reader option -> the flag that sets it, for messages.
 _READER_FLAGS = {
     "uncertain": "--uncertain",

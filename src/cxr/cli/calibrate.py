@@ -6,13 +6,16 @@ import argparse
 from pathlib import Path
 
 from cxr.choices import CALIBRATIONS
-from cxr.cli._common import EXIT_OK, CLIError, add_device, add_progress
+from cxr.cli._common import EXIT_OK, CLIError
+from cxr.cli.options import add_command, add_model, add_model_update, run_settings
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``calibrate``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "calibrate",
+        run_calibrate,
         help="fit calibrated probabilities on a validation cache and store them in the model",
         description="Predict VAL_CACHE with MODEL, fit a calibration map per label (platt: "
         "logistic on the logit; temperature; isotonic for large validation sets; labels with "
@@ -22,7 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "train already does this with its validation cache. Never calibrate on the test set: "
         "cxr evaluate refuses to evaluate on the data the calibration was fitted on.",
     )
-    p.add_argument("model", type=Path, help="the .safetensors model file")
+    add_model(p)
     p.add_argument("val_cache", type=Path, help="prepared validation cache (cxr prepare)")
     p.add_argument(
         "--method",
@@ -37,11 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="labels with fewer positive (or negative) validation images use the shared "
         "temperature (default: %(default)s)",
     )
-    p.add_argument("--out", type=Path, help="write here (default: update MODEL in place)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
-    add_device(p)
-    add_progress(p)
-    p.set_defaults(func=run_calibrate)
+    add_model_update(p)
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -57,9 +56,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         method=args.method,
         out=args.out,
         min_positives=args.min_positives,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
+        **run_settings(args),
     )
     print("\n".join(calibration_lines(table)))
     print(f"calibration written to {written} (on the validation images: a fit, not a test)")

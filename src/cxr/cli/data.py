@@ -13,27 +13,32 @@ from cxr.cli._common import (
     EXIT_FOUND,
     EXIT_OK,
     CLIError,
-    add_progress,
-    add_source_options,
     load_sources,
     parse_list,
 )
 from cxr.cli._dicom import add_dicom_options, with_dicom_options
+from cxr.cli.options import add_command, add_json, add_progress, add_seed, add_source_options
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``data`` (inspect, split, check-leakage), ``prepare`` and ``synth``."""
     data = sub.add_parser("data", help="inspect, split and check datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    p = data_sub.add_parser("inspect", help="images, patients, views and per-label counts")
+    p = add_command(
+        data_sub, "inspect", cmd_inspect, help="images, patients, views and per-label counts"
+    )
     add_source_options(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(p)
     p.add_argument(
         "--no-check-files", action="store_true", help="do not check which image files exist on disk"
     )
-    p.set_defaults(func=cmd_inspect)
 
-    p = data_sub.add_parser("split", help="patient-level train/val/test split, stratified by label")
+    p = add_command(
+        data_sub,
+        "split",
+        cmd_split,
+        help="patient-level train/val/test split, stratified by label",
+    )
     add_source_options(p)
     p.add_argument(
         "--out",
@@ -46,16 +51,17 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default="train=0.8,val=0.1,test=0.1",
         help="split names and fractions of images (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_seed(p)
     p.add_argument(
         "--keep-official",
         action="store_true",
         help="images that already have a split (e.g. NIH's official lists) keep it",
     )
-    p.set_defaults(func=cmd_split)
 
-    p = data_sub.add_parser(
+    p = add_command(
+        data_sub,
         "check-leakage",
+        cmd_check_leakage,
         help="patients shared between splits; exit code 1 when any is found",
         description="Report patients that appear in more than one split. Give two or more split "
         "files (any dataset format, e.g. train.csv val.csv test.csv, or NIH's "
@@ -63,10 +69,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "Exit code 0: no leakage; 1: leakage found; 2: bad input.",
     )
     add_source_options(p)
-    p.set_defaults(func=cmd_check_leakage)
 
-    p = data_sub.add_parser(
+    p = add_command(
+        data_sub,
         "report",
+        cmd_report,
         help="a visual report of a dataset (HTML page and figures) before training",
         description="Write DIR/report.html (one self-contained page), report.json and the "
         "figures: images per label, label co-occurrence, labels per image, images per patient, "
@@ -83,17 +90,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="folder of split files (train.csv, val.csv, test.csv from cxr data split) to "
         "compare and check for leakage (default: the splits the source defines, if any)",
     )
-    p.add_argument(
-        "--seed", type=int, default=0, help="chooses the sample images (default: %(default)s)"
-    )
+    add_seed(p, "chooses the sample images")
     p.add_argument(
         "--per-label", type=int, default=4, help="sample images per label (default: %(default)s)"
     )
     p.add_argument("--no-images", action="store_true", help="tables only: open no image file")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "prepare",
+        cmd_prepare,
         help="decode every image once into a memory-mappable cache",
         description="Decode and resize every image once into OUT (pixels.npy, "
         "labels.csv, manifest.json, rejects.csv). Resumable: run the "
@@ -120,13 +126,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     add_progress(p)
     add_dicom_options(p)
-    p.set_defaults(func=with_dicom_options(cmd_prepare))
 
-    p = sub.add_parser("synth", help="generate phantom chest radiographs with planted findings")
+    p = add_command(
+        sub, "synth", cmd_synth, help="generate phantom chest radiographs with planted findings"
+    )
     p.add_argument("out", type=Path, help="output folder (images/, masks/, labels.csv)")
     p.add_argument("--n", type=int, default=600, help="number of images (default: %(default)s)")
     p.add_argument("--size", type=int, default=256, help="side in pixels (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_seed(p)
     p.add_argument(
         "--prevalence",
         type=float,
@@ -135,7 +142,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     add_progress(p)
-    p.set_defaults(func=cmd_synth)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -235,6 +241,7 @@ def cmd_check_leakage(args: argparse.Namespace) -> int:
     return EXIT_FOUND if report.leaked else EXIT_OK
 
 
+@with_dicom_options
 def cmd_prepare(args: argparse.Namespace) -> int:
     from cxr.cache import prepare
 

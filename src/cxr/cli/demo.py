@@ -6,13 +6,16 @@ import argparse
 from pathlib import Path
 
 from cxr import RESEARCH_NOTICE
-from cxr.cli._common import EXIT_OK, CLIError, add_device
+from cxr.cli._common import EXIT_OK, CLIError, keywords
+from cxr.cli.options import add_command, add_device, add_seed
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``demo``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "demo",
+        cmd_demo,
         help="the whole pipeline on generated phantoms (no data, no GPU) or on --data",
         description="Generate phantoms (or read --data), split by patient, check leakage, "
         "prepare the cache, train a model, evaluate it on the test split (report with ROC curves), "
@@ -41,14 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="backbone to train (default: %(default)s; densenet121 wants a GPU)",
     )
     add_device(p, default="auto")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of phantoms, split and training (default: %(default)s)",
-    )
+    add_seed(p, "seed of phantoms, split and training")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
-    p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -59,12 +56,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(
         args.out,
         n_images=args.n,
-        size=args.size,
-        workers=args.workers,
-        seed=args.seed,
-        data=args.data,
-        epochs=args.epochs,
-        backbone=args.backbone,
-        device=args.device,
+        **keywords(args, "size", "workers", "seed", "data", "epochs", "backbone", "device"),
     )
     return EXIT_OK

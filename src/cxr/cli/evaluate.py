@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING
 
 from cxr import RESEARCH_NOTICE
 from cxr.choices import THRESHOLD_METHODS
-from cxr.cli._common import (
-    EXIT_OK,
-    CLIError,
+from cxr.cli._common import EXIT_OK, CLIError, parse_list
+from cxr.cli.options import (
+    add_command,
     add_dataset_format,
-    add_device,
-    add_progress,
-    parse_list,
+    add_run_options,
+    add_seed,
+    run_settings,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def _common(p: argparse.ArgumentParser, out_default: str) -> None:
         default=1000,
         help="patient bootstrap resamples for the CIs; 0 skips them (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    add_seed(p, "bootstrap seed")
     p.add_argument(
         "--allow-missing",
         action="store_true",
@@ -83,8 +83,10 @@ def _common(p: argparse.ArgumentParser, out_default: str) -> None:
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``evaluate`` and ``compare`` on a sub-parser set (``set_defaults(func=...)``)."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "evaluate",
+        run_evaluate,
         help="per-label AUC with CIs, calibration, curves and reports",
         description="Evaluate a model file (run on SOURCE) or a predictions CSV against a "
         "dataset's labels: per-label AUC with a patient-bootstrap CI, prevalence, average "
@@ -112,14 +114,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="CSV",
         help="predictions CSV: an image column and one probability column per label (prob_<Label>)",
     )
-    add_device(p)
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=64,
-        help="images per batch for --model (default: %(default)s)",
-    )
-    add_progress(p)
+    add_run_options(p, 64, "images per batch for --model")
     p.add_argument(
         "--raw",
         action="store_true",
@@ -157,10 +152,11 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "metrics and the report into that run (logged by default when MLflow is installed)",
     )
     _common(p, "cxr-eval")
-    p.set_defaults(func=run_evaluate)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "compare",
+        run_compare,
         help="per-label AUC difference of two prediction files (DeLong, paired bootstrap)",
         description=f"Compare two prediction files on the same images. {RESEARCH_NOTICE}",
     )
@@ -174,7 +170,6 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     p.add_argument("--names", help="display names A,B (default: the file names)")
     _common(p, "cxr-compare")
-    p.set_defaults(func=run_compare)
 
 
 # commands -----------------------------------------------------------------------------
@@ -222,10 +217,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_model(
             args.model,
             args.source,
-            device=args.device,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
             raw=args.raw,
+            **run_settings(args),
             **options,
         )
     elif args.predictions is not None:
@@ -252,7 +245,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _report_metrics(report: EvaluationReport) -> dict[str, float]:
     """The report's summary and per-label figures as MLflow metrics (NaN ones included;
-    :func:`cxr.tracking.mlflow.log_evaluation` leaves them out)."""
+    :func:`cxr.tracking.mlflow_store.log_evaluation` leaves them out)."""
     out = {
         "macro_auc": report.macro_auc,
         "micro_auc": report.micro_auc,
@@ -274,7 +267,7 @@ def _log_to_mlflow(model: Path, out: Path, report: EvaluationReport) -> None:
     """Log the evaluation into the MLflow run that trained ``model``, when it was tracked;
     one line says what happened. A tracking failure is reported, not raised: the report is
     written already."""
-    from cxr.tracking.mlflow import LINK_FILE, log_evaluation, mlflow_available, run_link
+    from cxr.tracking import LINK_FILE, log_evaluation, mlflow_available, run_link
 
     link_file = model.parent / LINK_FILE
     if not link_file.is_file():

@@ -17,13 +17,16 @@ import sys
 from pathlib import Path
 
 from cxr import RESEARCH_NOTICE
-from cxr.cli._common import EXIT_OK, CLIError
+from cxr.cli._common import EXIT_OK, CLIError, keywords
+from cxr.cli.options import add_command, add_model
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``export`` (with ``set_defaults(func=...)``)."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "export",
+        run_export,
         help="export a model file to ONNX (parity-checked; optional int8)",
         description="Export a cxr model file to ONNX for ONNX Runtime: dynamic batch axis; "
         "outputs logits, probabilities and the last feature map; the model file's header "
@@ -32,7 +35,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "against torch at batch 1 and 8 (max |Δp| <= 1e-4) before the file is written. "
         f"{RESEARCH_NOTICE}",
     )
-    p.add_argument("model", type=Path, help="model file (.safetensors written by cxr train)")
+    add_model(p, "model file (.safetensors written by cxr train)")
     p.add_argument(
         "--format", choices=("onnx",), default="onnx", help="export format (default: %(default)s)"
     )
@@ -75,7 +78,6 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         action="store_true",
         help="write the int8 file even when its macro AUC drops by more than 0.005",
     )
-    p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -94,12 +96,7 @@ def run_export(args: argparse.Namespace) -> int:
     report = export_onnx(
         args.model,
         out,
-        opset=args.opset,
-        quantize=args.quantize,
-        calibrate=args.calibrate,
-        check=args.check,
-        force=args.force,
-        calibration_images=args.calibration_images,
+        **keywords(args, "opset", "quantize", "calibrate", "check", "force", "calibration_images"),
     )
     sys.stdout.write(report.to_text())
     return EXIT_OK

@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cxr.cli._common import EXIT_OK, CLIError, add_device, add_progress
+from cxr.cli._common import EXIT_OK, CLIError
+from cxr.cli.options import add_command, add_model, add_model_update, run_settings
 from cxr.ood import MAX_TRAIN_IMAGES, OOD_COMPONENTS, OOD_PERCENTILE
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``gate``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "gate",
+        run_gate,
         help="fit the not-a-chest-X-ray check and store it in the model file",
         description="Describe the model's pooled features of TRAIN_CACHE (mean and the main "
         "axes of their covariance, shrunk), choose the threshold of the distance to it on "
@@ -21,7 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "predict and serve then flag images that do not look like the training images "
         "(photos, screenshots, CT slices, blank or text images). cxr train already does this.",
     )
-    p.add_argument("model", type=Path, help="the .safetensors model file")
+    add_model(p)
     p.add_argument("train_cache", type=Path, help="the prepared training cache (cxr prepare)")
     p.add_argument("val_cache", type=Path, help="the prepared validation cache")
     p.add_argument(
@@ -43,11 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=MAX_TRAIN_IMAGES,
         help="training images used at most, a seeded sample (default: %(default)s)",
     )
-    p.add_argument("--out", type=Path, help="write here (default: update MODEL in place)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
-    add_device(p)
-    add_progress(p)
-    p.set_defaults(func=run_gate)
+    add_model_update(p)
 
 
 def run_gate(args: argparse.Namespace) -> int:
@@ -70,9 +69,7 @@ def run_gate(args: argparse.Namespace) -> int:
         percentile=args.percentile,
         components=args.components,
         max_train=args.max_train,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
+        **run_settings(args),
     )
     print(f"not-a-chest-X-ray check written to {written}: {gate.describe()}")
     return EXIT_OK

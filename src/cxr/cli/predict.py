@@ -14,43 +14,37 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cxr import RESEARCH_NOTICE
-from cxr.choices import CAM_METHODS, OUTPUT_FORMATS
-from cxr.cli._common import (
-    EXIT_FOUND,
-    EXIT_OK,
-    CLIError,
-    add_device,
-    add_precision,
-    add_progress,
-    parse_list,
-)
+from cxr.choices import OUTPUT_FORMATS
+from cxr.cli._common import EXIT_FOUND, EXIT_OK, CLIError, as_cli_error, keywords, parse_list
 from cxr.cli._dicom import add_dicom_options, with_dicom_options
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from cxr.inference import PredictionResult, Predictor
+from cxr.cli.options import (
+    add_cam_method,
+    add_command,
+    add_json,
+    add_model,
+    add_run_options,
+    run_settings,
+)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``predict`` and ``localize`` (each with ``set_defaults(func=...)``)."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "predict",
+        run_predict,
         help="label probabilities (and Grad-CAM heatmaps) for image files",
         description="Predict every label for PNG, JPEG or DICOM images, preprocessed as in "
         "training (size and fit read from the model file). Exit code 0: all images predicted; "
         f"1: some file was unreadable and skipped; 2: bad usage or model. {RESEARCH_NOTICE}",
     )
-    p.add_argument(
-        "model",
-        type=Path,
-        help="model file: .safetensors written by cxr train, or .onnx written by cxr export "
+    add_model(
+        p,
+        "model file: .safetensors written by cxr train, or .onnx written by cxr export "
         "(run on ONNX Runtime, without torch)",
     )
     p.add_argument(
@@ -86,12 +80,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="A,B",
         help="explain these labels instead of the top K (comma-separated)",
     )
-    p.add_argument(
-        "--method",
-        choices=CAM_METHODS,
-        default="gradcam",
-        help="heatmap method (default: %(default)s)",
-    )
+    add_cam_method(p)
     p.add_argument(
         "--tta",
         action="store_true",
@@ -109,23 +98,19 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="text output: show the findings of images the not-a-chest-X-ray check flags "
         "too (JSON and CSV always have them, with the check's score and flag)",
     )
-    p.add_argument(
-        "--batch-size", type=int, default=32, help="images per batch (default: %(default)s)"
-    )
-    add_device(p)
-    add_precision(p)
-    add_progress(p)
+    add_run_options(p, 32, precision=True)
     add_dicom_options(p)
-    p.set_defaults(func=with_dicom_options(run_predict))
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "localize",
+        run_localize,
         help="pointing game and IoU of heatmaps vs phantom masks or NIH boxes",
         description="Check where the heatmaps point: the fraction of images whose heatmap peak "
         "lies inside the finding (pointing game) and the IoU of the half-maximum region with "
         f"it, per label. {RESEARCH_NOTICE}",
     )
-    p.add_argument("model", type=Path, help="model file")
+    add_model(p, "model file")
     p.add_argument(
         "source",
         type=Path,
@@ -140,12 +125,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument(
         "--labels", help="comma-separated labels (default: the model's labels that have locations)"
     )
-    p.add_argument(
-        "--method",
-        choices=CAM_METHODS,
-        default="gradcam",
-        help="heatmap method (default: %(default)s)",
-    )
+    add_cam_method(p)
     p.add_argument(
         "--threshold",
         type=float,
@@ -166,63 +146,11 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="DIR",
         help="also write localization.json and localization.csv here",
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument(
-        "--batch-size", type=int, default=16, help="maps per batch (default: %(default)s)"
-    )
-    add_device(p)
-    add_progress(p)
-    p.set_defaults(func=run_localize)
+    add_json(p)
+    add_run_options(p, 16, "maps per batch")
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
-
-
-def _write_explanations(
-    predictor: Predictor,
-    result: PredictionResult,
-    out_dir: Path,
-    labels: list[str] | None,
-    top_k: int,
-    method: str,
-) -> int:
-    from dataclasses import replace
-    from functools import partial
-
-    from cxr.explain import Explanation, explain, save_explanation_png
-
-    heatmaps: Callable[..., list[Explanation]]
-    if predictor.backend.name == "onnx":  # from the exported feature map, no autograd
-        from cxr.explain_cam import explain_onnx
-
-        heatmaps = partial(explain_onnx, predictor.backend)
-    else:
-        heatmaps = partial(explain, predictor.model)
-
-    written, used = 0, set()
-    for it in result.predicted:
-        image = predictor.preprocess(it.path)
-        stem = _safe(Path(it.path).stem)
-        base, k = stem, 1
-        while base in used:
-            k += 1
-            base = f"{stem}-{k}"
-        used.add(base)
-        for found in heatmaps(image, labels=labels, top_k=top_k, method=method):
-            # the probability on the table's scale (calibrated unless --raw)
-            ex = replace(found, probability=predictor.output_scale(found.label, found.probability))
-            save_explanation_png(
-                out_dir / f"{base}_{_safe(ex.label)}.png",
-                image,
-                ex,
-                source=it.path,
-                threshold=predictor.thresholds.get(ex.label),
-            )
-            written += 1
-    return written
-
-
+@with_dicom_options
 def run_predict(args: argparse.Namespace) -> int:
     """``cxr predict``: returns the exit code."""
     from cxr.images import ImageReadError
@@ -230,17 +158,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be 1 or more, got {args.batch_size}")
-    try:
+    with as_cli_error(RuntimeError):  # e.g. a CUDA device on a machine without one
         predictor = Predictor(
             args.model,
-            device=args.device,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            precision=args.precision,
             calibrated=not args.raw,
+            **keywords(args, "device", "tta", "batch_size", "precision"),
         )
-    except RuntimeError as err:  # e.g. a CUDA device on a machine without one
-        raise CLIError(str(err)) from None
     labels = parse_list(args.explain_labels, "--explain-labels")
     if args.explain is not None:
         unknown = [x for x in labels or () if x not in predictor.labels]
@@ -252,7 +175,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if labels is None and args.top_k < 1:
             raise CLIError(f"--top-k must be 1 or more, got {args.top_k}")
         if predictor.backend.name == "onnx":  # refuse before predicting anything
-            from cxr.explain_cam import check_cam_head
+            from cxr.explain import check_cam_head
 
             backend = predictor.backend
             check_cam_head(backend.spec.head, getattr(backend, "head", None), backend.path)
@@ -283,12 +206,17 @@ def run_predict(args: argparse.Namespace) -> int:
     for it in result.skipped:
         print(f"cxr predict: skipped {it.path}: {it.reason}: {it.detail}", file=sys.stderr)
     if args.explain is not None and result.predicted:
+        from cxr.explain import write_explanations
+
         try:
-            count = _write_explanations(predictor, result, args.explain, labels, top_k, args.method)
+            written = write_explanations(
+                predictor, result, args.explain, labels, top_k, args.method
+            )
         except (OSError, ImageReadError) as err:
             raise CLIError(f"cannot write explanations to {args.explain}: {err}") from None
         print(
-            f"wrote {count} explanation PNG(s) ({args.method}) to {args.explain}", file=sys.stderr
+            f"wrote {len(written)} explanation PNG(s) ({args.method}) to {args.explain}",
+            file=sys.stderr,
         )
     return EXIT_OK if result.all_succeeded else EXIT_FOUND
 
@@ -307,9 +235,7 @@ def run_localize(args: argparse.Namespace) -> int:
         boxes=args.boxes,
         threshold=args.threshold,
         tolerance=args.tolerance,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=not args.no_progress,
+        **run_settings(args),
     )
     if args.json:
         data = report.to_dict()

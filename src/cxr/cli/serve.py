@@ -13,10 +13,10 @@ import ipaddress
 import os
 import sys
 import warnings
-from pathlib import Path
 
 from cxr import RESEARCH_NOTICE
-from cxr.cli._common import EXIT_OK, CLIError, add_device, add_precision
+from cxr.cli._common import EXIT_OK, CLIError
+from cxr.cli.options import add_command, add_device, add_model, add_precision
 
 __all__ = ["add_parsers", "is_loopback", "run_serve"]
 
@@ -30,14 +30,16 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     from cxr.serving.settings import API_KEY_ENV, ServeSettings
 
     d = ServeSettings()
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "serve",
+        run_serve,
         help="web page and REST API: upload X-rays, see findings and heatmaps",
         description="Serve a model: the web page at /, the REST API under /v1 (OpenAPI at "
         "/openapi.json, docs at /docs), /healthz, /readyz and /metrics. Concurrent requests "
         f"are gathered into micro-batches. {RESEARCH_NOTICE}",
     )
-    p.add_argument("model", type=Path, help="model file (any file cxr predict loads)")
+    add_model(p, "model file (any file cxr predict loads)")
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -114,7 +116,6 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="uvicorn's log level (default: %(default)s)",
     )
     g.add_argument("--no-access-log", action="store_true", help="no line per request in the log")
-    p.set_defaults(func=run_serve)
 
 
 def is_loopback(host: str) -> bool:
@@ -139,7 +140,7 @@ def run_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from cxr.serving import create_app
-        from cxr.serving.app import Service  # noqa: F401  (imports fastapi, python-multipart)
+        from cxr.serving.service import Service  # noqa: F401  (imports fastapi, python-multipart)
     except ImportError:
         raise CLIError(_MISSING_EXTRA) from None
     from cxr.inference import BACKENDS

@@ -6,12 +6,15 @@ import argparse
 from pathlib import Path
 
 from cxr.cli._common import EXIT_OK
+from cxr.cli.options import add_command, add_model
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``sign``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "sign",
+        cmd_sign,
         help="sign a model file with the key in CXR_SIGNING_KEY or CXR_SIGNING_KEY_FILE",
         description="Verify a cxr model file's integrity and add (or replace) its keyed "
         "signature: an HMAC-SHA-256 under the key in the environment variable CXR_SIGNING_KEY, "
@@ -19,11 +22,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "configured, cxr train signs the models it writes and every command that loads a "
         "model refuses files that are unsigned or signed with another key.",
     )
-    p.add_argument("model", type=Path, help="the .safetensors model file")
+    add_model(p)
     p.add_argument(
         "--out", type=Path, help="write the signed file here (default: sign the file in place)"
     )
-    p.set_defaults(func=cmd_sign)
 
 
 def cmd_sign(args: argparse.Namespace) -> int:

@@ -21,6 +21,14 @@ from typing import TYPE_CHECKING
 
 from cxr.choices import DEVICE_HELP, POOLS, PRECISIONS
 from cxr.cli._common import EXIT_OK, CLIError, parse_list
+from cxr.cli.options import (
+    add_command,
+    add_config,
+    add_mlflow_experiment,
+    add_progress,
+    add_threads,
+    add_train_caches,
+)
 from cxr.training.config import (
     LOSSES,
     NONE_DEFAULT_TYPES,
@@ -119,18 +127,32 @@ def _add_fields(p: argparse._ArgumentGroup, cls: type, prefix: str = "") -> None
             p.add_argument(_flag(dest), dest=dest, type=kind, default=None, help=text)
 
 
+def add_training_settings(p: argparse.ArgumentParser, of: str = "") -> None:
+    """Every field of :class:`TrainConfig` and :class:`AugmentConfig` as an option, in two
+    groups; ``of`` (e.g. ``"base "``) starts their titles (``cxr tune``'s base config)."""
+    if of:
+        g = p.add_argument_group(f"{of}training settings (as for cxr train)")
+        a = p.add_argument_group(f"{of}augmentation settings (as for cxr train)")
+    else:
+        g = p.add_argument_group("training settings")
+        a = p.add_argument_group("augmentation (per batch, on the training device)")
+    _add_fields(g, TrainConfig)
+    _add_fields(a, AugmentConfig, prefix="augment_")
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``cxr train`` on the top-level sub-command parser."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "train",
+        run_train,
         help="train a model on prepared caches (two phases, best val AUC kept)",
         description="Train on TRAIN_CACHE, validate on VAL_CACHE every epoch, and write the run "
         "folder (config.yaml, history.csv, best.safetensors, last.safetensors, "
         "state.pt). Continue an interrupted run with --resume RUN. Several GPUs: "
         "torchrun --nproc-per-node N -m cxr train ...",
     )
-    p.add_argument("train_cache", nargs="?", type=Path, help="prepared cache to train on")
-    p.add_argument("val_cache", nargs="?", type=Path, help="prepared cache to validate on")
+    add_train_caches(p)
     p.add_argument("--out", type=Path, help="new run folder (default: runs/<backbone>)")
     p.add_argument(
         "--resume",
@@ -138,15 +160,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="RUN",
         help="continue the run in RUN from its last completed epoch",
     )
-    p.add_argument("--config", type=Path, help="read settings from a config.yaml first")
+    add_config(p)
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="CPU threads for torch (default: OMP_NUM_THREADS when set, else torch's choice; "
-        "with --resume: the run's own count, for results identical to an uninterrupted run)",
+    add_progress(p)
+    add_threads(
+        p, "; with --resume: the run's own count, for results identical to an uninterrupted run"
     )
     t = p.add_argument_group("experiment tracking (MLflow; needs the tune extra)")
     t.add_argument(
@@ -164,17 +182,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder, with "
         "artifacts in mlartifacts/ beside it; view: mlflow ui --backend-store-uri URI)",
     )
-    t.add_argument(
-        "--mlflow-experiment",
-        default="cxr",
-        metavar="NAME",
-        help="MLflow experiment of a new run (default: %(default)s)",
-    )
-    g = p.add_argument_group("training settings")
-    _add_fields(g, TrainConfig)
-    a = p.add_argument_group("augmentation (per batch, on the training device)")
-    _add_fields(a, AugmentConfig, prefix="augment_")
-    p.set_defaults(func=run_train)
+    add_mlflow_experiment(t, "a new run")
+    add_training_settings(p)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -225,12 +234,7 @@ def _threads(args: argparse.Namespace) -> int | None:
 
 def _mlflow_callback(args: argparse.Namespace) -> MLflowCallback | None:
     """The MLflow callback when tracking is on (see --mlflow), else None."""
-    from cxr.tracking.mlflow import (
-        MLflowCallback,
-        MLflowNotInstalled,
-        run_link,
-        tracking_requested,
-    )
+    from cxr.tracking import MLflowCallback, MLflowNotInstalled, run_link, tracking_requested
 
     if args.mlflow is False:
         return None

@@ -12,8 +12,14 @@ import importlib.util
 from pathlib import Path
 
 from cxr.cli._common import EXIT_OK, CLIError
-from cxr.cli.train import _add_fields, _threads, config_from_args
-from cxr.training.config import AugmentConfig, TrainConfig
+from cxr.cli.options import (
+    add_command,
+    add_config,
+    add_mlflow_experiment,
+    add_threads,
+    add_train_caches,
+)
+from cxr.cli.train import _threads, add_training_settings, config_from_args
 
 #: Pruner names (cxr.tuning.study.PRUNERS; repeated here so that the parser imports no Optuna).
 _PRUNERS = ("hyperband", "median", "none")
@@ -21,8 +27,10 @@ _PRUNERS = ("hyperband", "median", "none")
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``cxr tune`` on the top-level sub-command parser."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "tune",
+        run_tune,
         help="search training settings with Optuna (maximises the validation macro AUC)",
         description="Search training settings on TRAIN_CACHE, scored by the best validation "
         "macro AUC on VAL_CACHE; each trial is a normal run folder in OUT/trials/trial-NNNN. "
@@ -32,8 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "machines at once (with a shared --storage) to search in parallel. The base config "
         "takes every cxr train option, or --config; --seed also seeds the sampler.",
     )
-    p.add_argument("train_cache", nargs="?", type=Path, help="prepared cache to train on")
-    p.add_argument("val_cache", nargs="?", type=Path, help="prepared cache to validate on")
+    add_train_caches(p)
     s = p.add_argument_group("search")
     s.add_argument(
         "--trials",
@@ -79,24 +86,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="log the study as an MLflow run and each trial as a child run (on by default when "
         "MLFLOW_TRACKING_URI is set; default store: ./mlflow.db)",
     )
-    s.add_argument(
-        "--mlflow-experiment",
-        default="cxr",
-        metavar="NAME",
-        help="MLflow experiment of the study (default: cxr)",
-    )
-    s.add_argument("--config", type=Path, help="read base settings from a config.yaml first")
-    s.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="CPU threads for torch (default: OMP_NUM_THREADS when set, else torch's choice)",
-    )
-    g = p.add_argument_group("base training settings (as for cxr train)")
-    _add_fields(g, TrainConfig)
-    a = p.add_argument_group("base augmentation settings (as for cxr train)")
-    _add_fields(a, AugmentConfig, prefix="augment_")
-    p.set_defaults(func=run_tune)
+    add_mlflow_experiment(s, "the study")
+    add_config(s, "base settings")
+    add_threads(s)
+    add_training_settings(p, "base ")
 
 
 def _check_cache(path: Path | None, what: str) -> Path:
@@ -125,7 +118,7 @@ def run_tune(args: argparse.Namespace) -> int:
     if not args.study.strip():
         raise CLIError("--study needs a name")
 
-    from cxr.tracking.mlflow import MLflowNotInstalled, mlflow_available, tracking_requested
+    from cxr.tracking import MLflowNotInstalled, mlflow_available, tracking_requested
     from cxr.tuning import SearchSpace, tune, tune_summary
 
     mlflow = tracking_requested(args.mlflow)

@@ -25,6 +25,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from cxr.choices import BLANK_POLICIES, UNCERTAIN_POLICIES
 from cxr.datasets.common import (
     DatasetError,
     as_path_str,
@@ -35,29 +36,12 @@ from cxr.datasets.common import (
     refuse_climbing,
     refuse_duplicate_images,
 )
-from cxr.labels import CHEXPERT14_LABELS
+from cxr.labels import CHEXPERT14_COLUMNS, CHEXPERT14_LABELS
 from cxr.table import LabelTable
 
-#: The 14 observation columns as CheXpert's CSVs spell them.
-CHEXPERT_COLUMNS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+#: The 14 observation columns as CheXpert's CSVs spell them (:data:`cxr.labels.CHEXPERT14_COLUMNS`).
+CHEXPERT_COLUMNS: tuple[str, ...] = CHEXPERT14_COLUMNS
 CHEXPERT_SPLITS: tuple[str, ...] = ("train", "valid")
-UNCERTAIN_POLICIES: tuple[str, ...] = ("ones", "zeros", "ignore")
-BLANK_POLICIES: tuple[str, ...] = ("nan", "zero")
 
 _PATIENT = re.compile(r"^patient\d+$")
 _SPLIT_DIRS = frozenset({"train", "valid", "test"})

@@ -12,13 +12,15 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from cxr.errors import CxrError
+
 #: File suffixes (lower case) that count as images.
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".dcm"})
 
 _NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.\w+$")
 
 
-class DatasetError(ValueError):
+class DatasetError(CxrError, ValueError):
     """A dataset on disk cannot be read as asked.
 
     The message always names the file and the field, column or row at fault and says

@@ -8,7 +8,8 @@ and counted in the table's ``source``). DICOM objects without an image (DICOMDIR
 structured reports, RT plans, waveforms) are left out, with a warning.
 
 Labels come from a CSV (``labels_csv=``, or the one CSV in the folder) joined to the
-files by one key column, found by name unless ``join=`` says which:
+files by one key column (:mod:`cxr.datasets.dicom_labels`), found by name unless ``join=``
+says which:
 
 - ``sop``: a ``SOPInstanceUID`` column, one row per image;
 - ``accession``: an ``AccessionNumber`` (or ``Accession``) column, one row per study,
@@ -32,26 +33,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.datasets.common import (
-    DatasetError,
-    as_path_str,
-    column_key,
-    drop_empty_unnamed,
-    is_csv_name,
-    line_of,
-    list_dir,
-    read_csv_strings,
-)
-from cxr.datasets.csv_table import (
-    IMAGE_KEYS,
-    PATIENT_KEYS,
-    SPLIT_KEYS,
-    VIEW_KEYS,
-    _label_columns,
-    _label_values,
-    _mangled,
-)
-from cxr.labels import canonical_labels
+from cxr.datasets.common import DatasetError, as_path_str, is_csv_name, list_dir
+from cxr.datasets.dicom_labels import JOIN_KEYS, DicomFolderWarning, find_labels_csv, join_labels
+from cxr.dicom import read_tags
+from cxr.imagefile import ImageReadError
 from cxr.table import LabelTable
 
 __all__ = [
@@ -63,19 +48,7 @@ __all__ = [
     "read_dicom_folder",
 ]
 
-#: How labels are joined to the files: CSV column names (compared ignoring case, spaces
-#: and punctuation) per join key.
-JOIN_KEYS: dict[str, frozenset[str]] = {
-    "sop": frozenset({"sopinstanceuid", "sopinstance"}),
-    "accession": frozenset({"accessionnumber", "accession"}),
-    "file": IMAGE_KEYS,
-}
-_TAG_COLUMNS = ("study", "modality", "bodypart", "bodypartexamined", "studyinstanceuid")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
-
-
-class DicomFolderWarning(UserWarning):
-    """Something left out or unmatched while reading a DICOM folder."""
 
 
 def _has_dicom_magic(path: str) -> bool:
@@ -130,9 +103,6 @@ def dicom_tag_table(folder: str | os.PathLike[str]) -> pd.DataFrame:
     ``study``, ``series``, ``sop_instance_uid``, ``accession``, ``view``, ``modality``,
     ``body_part``, ``rows``, ``columns``, ``frames``), plus ``error``: why the tags could
     not be read ("" when they could). Reads no pixel data."""
-    from cxr.dicom import read_tags
-    from cxr.images import ImageReadError
-
     root = as_path_str(folder)
     rows = []
     for path in find_dicom_files(root):
@@ -165,153 +135,6 @@ def dicom_tag_table(folder: str | os.PathLike[str]) -> pd.DataFrame:
 def _counts(values: pd.Series) -> str:
     counted = Counter(v or "(none)" for v in values)
     return ", ".join(f"{k} {n}" for k, n in counted.most_common())
-
-
-def _find_labels_csv(folder: str, labels_csv: str | os.PathLike[str] | None) -> str | None:
-    if labels_csv is not None:
-        path = as_path_str(labels_csv)
-        if not os.path.isfile(path):
-            raise DatasetError(f"labels CSV {path} does not exist (labels_csv=, --dicom-labels)")
-        return path
-    csvs = [e.path for e in list_dir(folder) if e.is_file() and is_csv_name(e.name)]
-    if len(csvs) > 1:
-        raise DatasetError(
-            f"the DICOM folder {folder} holds {len(csvs)} CSVs "
-            f"{[os.path.basename(c) for c in csvs]}; say which holds the labels "
-            "(labels_csv=, --dicom-labels CSV)"
-        )
-    return csvs[0] if csvs else None
-
-
-def _join_column(frame: pd.DataFrame, csv: str, join: str | None) -> tuple[str, str]:
-    """(join kind, column) of the labels CSV."""
-    if join is not None and join not in JOIN_KEYS:
-        raise ValueError(f"join must be one of {list(JOIN_KEYS)} or None, got {join!r}")
-    kinds = [join] if join is not None else list(JOIN_KEYS)
-    for kind in kinds:
-        hits = [c for c in frame.columns if column_key(c) in JOIN_KEYS[kind]]
-        if len(hits) > 1:
-            raise DatasetError(f"{csv}: columns {hits} could each be the {kind} key; keep one")
-        if hits:
-            return kind, hits[0]
-    wanted = "a SOPInstanceUID, AccessionNumber or image/path/file column"
-    if join is not None:
-        wanted = {"sop": "a SOPInstanceUID column", "accession": "an AccessionNumber column"}.get(
-            join, "an image, path or file column"
-        )
-    raise DatasetError(
-        f"{csv}: no column to join the labels to the DICOM files; looked for {wanted} "
-        f"among {list(frame.columns)}"
-    )
-
-
-def _file_index(tags: pd.DataFrame, folder: str) -> dict[str, list[int]]:
-    """Relative path (``/``) and bare file name -> rows of ``tags``."""
-    index: dict[str, list[int]] = {}
-    for i, rel in enumerate(tags["relpath"]):
-        index.setdefault(rel, []).append(i)
-        base = rel.rsplit("/", 1)[-1]
-        if base != rel:
-            index.setdefault(base, []).append(i)
-    return index
-
-
-def _join_labels(
-    tags: pd.DataFrame,
-    folder: str,
-    csv: str,
-    join: str | None,
-    labels: Sequence[str] | None,
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    frame = drop_empty_unnamed(read_csv_strings(csv, "labels CSV"))
-    dupes = [c for c in frame.columns if _mangled(c, frame.columns)]
-    if dupes:
-        raise DatasetError(f"{csv}: column {dupes[0].rsplit('.', 1)[0]!r} appears more than once")
-    kind, key_col = _join_column(frame, csv, join)
-    skip = PATIENT_KEYS | VIEW_KEYS | SPLIT_KEYS | set(_TAG_COLUMNS)
-    if kind != "file":  # an image column beside a UID key is not a label either
-        skip = skip | IMAGE_KEYS
-    for other in JOIN_KEYS.values():
-        skip = skip | other
-    used = {c for c in frame.columns if column_key(c) in skip} | {key_col}
-    label_cols = _label_columns(frame, labels, used, csv)
-    try:
-        names = canonical_labels(label_cols)
-    except ValueError as err:
-        raise DatasetError(f"{csv}: {err}") from err
-    values = np.empty((len(frame), len(label_cols)), dtype=np.float32)
-    for j, column in enumerate(label_cols):
-        values[:, j] = _label_values(frame, column, csv)
-
-    keys = frame[key_col].str.strip()
-    seen: dict[str, int] = {}
-    for row, key in enumerate(keys):
-        if not key:
-            raise DatasetError(f"{csv}, line {line_of(row)}: the {kind} key {key_col!r} is empty")
-        if key in seen:
-            raise DatasetError(
-                f"{csv}, lines {line_of(seen[key])} and {line_of(row)}: {key_col} {key!r} "
-                "appears more than once; keep one row per key"
-            )
-        seen[key] = row
-
-    out = np.full((len(tags), len(label_cols)), np.nan, dtype=np.float32)
-    unmatched: list[int] = []
-    if kind == "file":
-        index = _file_index(tags, folder)
-        for row, key in enumerate(keys):
-            if os.path.isabs(key):
-                rel = os.path.relpath(key, folder).replace(os.sep, "/")
-            else:
-                rel = key.replace("\\", "/")
-                while rel.startswith("./"):
-                    rel = rel[2:]
-            hits = index.get(rel, [])
-            if len(hits) > 1:
-                names_ = [str(tags.at[i, "relpath"]) for i in hits[:2]]
-                raise DatasetError(
-                    f"{csv}, line {line_of(row)}: {key!r} names more than one file "
-                    f"({', '.join(names_)}); give the path relative to {folder}"
-                )
-            if hits:
-                out[hits[0]] = values[row]
-            else:
-                unmatched.append(row)
-    else:
-        column = "sop_instance_uid" if kind == "sop" else "accession"
-        by_key: dict[str, list[int]] = {}
-        for i, value in enumerate(tags[column]):
-            if value:
-                by_key.setdefault(value, []).append(i)
-        for row, key in enumerate(keys):
-            hits = by_key.get(key, [])
-            if kind == "sop" and len(hits) > 1:
-                names_ = [str(tags.at[i, "relpath"]) for i in hits[:2]]
-                raise DatasetError(
-                    f"{folder}: SOPInstanceUID {key} is carried by more than one file "
-                    f"({', '.join(names_)}); one image, one file"
-                )
-            for i in hits:
-                out[i] = values[row]
-            if not hits:
-                unmatched.append(row)
-    no_row = int(np.isnan(out).all(axis=1).sum()) if label_cols else 0
-    if unmatched:
-        first = line_of(unmatched[0])
-        warnings.warn(
-            f"{csv}: {len(unmatched)} row(s) match no DICOM file in {folder} by {key_col} "
-            f"(first: line {first}, {keys.iloc[unmatched[0]]!r})",
-            DicomFolderWarning,
-            stacklevel=3,
-        )
-    if no_row:
-        warnings.warn(
-            f"{folder}: {no_row} DICOM file(s) have no row in {csv} (joined by {key_col}); "
-            "their labels are unknown",
-            DicomFolderWarning,
-            stacklevel=3,
-        )
-    return out, names
 
 
 def read_dicom_folder(
@@ -381,9 +204,9 @@ def read_dicom_folder(
         )
     patients = tags["patient_id"].where(~no_patient, tags["relpath"])
 
-    csv = _find_labels_csv(folder, labels_csv)
+    csv = find_labels_csv(folder, labels_csv)
     if csv is not None:
-        values, names = _join_labels(tags, folder, csv, join, labels)
+        values, names = join_labels(tags, folder, csv, join, labels)
     else:
         if join is not None or labels is not None:
             raise DatasetError(

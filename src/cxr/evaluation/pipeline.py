@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr.errors import CxrError
 from cxr.evaluation.alignment import align
 from cxr.evaluation.predictions import Predictions, read_predictions, write_predictions
 from cxr.evaluation.scoring import EvaluationReport, evaluate
@@ -43,7 +44,7 @@ __all__ = [
 _PathLike = str | os.PathLike[str]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(CxrError, ValueError):
     """Evaluation inputs that do not fit together; the message says what to change."""
 
 
@@ -323,13 +324,7 @@ def evaluate_model(
     if calibration is not None:
         calibrated = calibration.apply(preds.probs, list(preds.pathologies))
         preds = dataclasses.replace(preds, probs=calibrated.astype(np.float64))
-    options = {
-        "labels": labels,
-        "allow_missing": allow_missing,
-        "allow_duplicates": allow_duplicates,
-        "n_bootstrap": n_bootstrap,
-        "seed": seed,
-    }
+    options = _score_options(labels, allow_missing, allow_duplicates, n_bootstrap, seed)
     report, thresholds = _score(
         table,
         preds,
@@ -355,6 +350,23 @@ def evaluate_model(
     return Evaluation(report, thresholds, preds)
 
 
+def _score_options(
+    labels: list[str] | None,
+    allow_missing: bool,
+    allow_duplicates: bool,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The scoring options :func:`evaluate_model` and :func:`evaluate_predictions` share."""
+    return {
+        "labels": labels,
+        "allow_missing": allow_missing,
+        "allow_duplicates": allow_duplicates,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+    }
+
+
 def evaluate_predictions(
     predictions: _PathLike,
     source: _PathLike | None = None,
@@ -374,13 +386,7 @@ def evaluate_predictions(
     path = Path(predictions)
     preds = read_predictions(path, labels, image_column)
     source = Path(source) if source is not None else default_source(path)
-    options = {
-        "labels": labels,
-        "allow_missing": allow_missing,
-        "allow_duplicates": allow_duplicates,
-        "n_bootstrap": n_bootstrap,
-        "seed": seed,
-    }
+    options = _score_options(labels, allow_missing, allow_duplicates, n_bootstrap, seed)
     report, thresholds = _score(
         load_labels(source, format), preds, source, str(path), validation, None, options, path
     )

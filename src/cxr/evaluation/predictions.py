@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.datasets.common import column_key, line_of, read_csv_strings, require_column
+from cxr.errors import CxrError
 from cxr.labels import CHEXPERT14_LABELS, NIH14_LABELS, canonical_label, canonical_labels
 
 #: Image-column names tried in this order (compared by :func:`column_key`).
@@ -48,7 +49,7 @@ IMAGE_COLUMN_KEYS: tuple[str, ...] = (
 PROB_PREFIXES: tuple[str, ...] = ("probability_", "prob_", "pred_", "score_", "p_")
 
 
-class PredictionError(ValueError):
+class PredictionError(CxrError, ValueError):
     """Predictions that cannot be read or paired with the labels; the message lists every
     problem and how to fix it."""
 

@@ -135,11 +135,18 @@ def _percentile_ci(samples: np.ndarray, n: int, alpha: float) -> BootstrapCI:
     return BootstrapCI(float(low), float(high), len(ok), n, ok)
 
 
-def _check_bootstrap(n: int, alpha: float) -> None:
+def _patient_resamples(
+    groups: np.ndarray, n_rows: int, n: int, seed: int, alpha: float
+) -> tuple[np.ndarray, Iterator[np.ndarray]]:
+    """Checks ``n`` and ``alpha``; returns each row's patient index (``n_rows``,) and the
+    ``n`` patient resamples of :func:`patient_draws` (``seed``) as chunks of draw counts:
+    (n_patients, C) arrays, how often each patient is drawn in each of C resamples."""
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"the number of bootstrap resamples must be a positive integer, got {n!r}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), e.g. 0.05 for a 95% interval; got {alpha!r}")
+    index, n_groups = _group_index(groups, n_rows)
+    return index, (_draw_counts(draws, n_groups) for draws in patient_draws(n_groups, n, seed))
 
 
 def bootstrap_auc_ci(
@@ -174,16 +181,14 @@ def bootstrap_auc_ci_many(
         raise ValueError(
             f"labels and probs must both be (N, L); got {labels.shape} and {probs.shape}"
         )
-    _check_bootstrap(n, alpha)
-    index, n_groups = _group_index(groups, len(labels))
+    index, resamples = _patient_resamples(groups, len(labels), n, seed, alpha)
     plans = []
     for j in range(labels.shape[1]):
         k = np.flatnonzero(~np.isnan(labels[:, j]))
         y, p = check_binary(labels[k, j], probs[k, j])
         plans.append(_auc_plan(y, p, index[k]))
     out: list[list[np.ndarray]] = [[] for _ in plans]
-    for draws in patient_draws(n_groups, n, seed):
-        counts = _draw_counts(draws, n_groups)
+    for counts in resamples:
         for j, plan in enumerate(plans):
             out[j].append(_plan_auc(plan, counts))
     return [_percentile_ci(np.concatenate(s), n, alpha) for s in out]
@@ -201,13 +206,9 @@ def bootstrap_auc_diff_ci(
     """Paired patient-bootstrap CI of AUC(p1) - AUC(p2): both scored on each resample."""
     y, p1 = check_binary(y, p1)
     _, p2 = check_binary(y, p2)
-    _check_bootstrap(n, alpha)
-    index, n_groups = _group_index(groups, len(y))
+    index, resamples = _patient_resamples(groups, len(y), n, seed, alpha)
     plan1, plan2 = _auc_plan(y, p1, index), _auc_plan(y, p2, index)
-    diffs = []
-    for draws in patient_draws(n_groups, n, seed):
-        counts = _draw_counts(draws, n_groups)
-        diffs.append(_plan_auc(plan1, counts) - _plan_auc(plan2, counts))
+    diffs = [_plan_auc(plan1, counts) - _plan_auc(plan2, counts) for counts in resamples]
     return _percentile_ci(np.concatenate(diffs), n, alpha)
 
 

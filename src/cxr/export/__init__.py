@@ -8,8 +8,10 @@
   batch; logits, probabilities, last feature map, pooled features), the model file's whole
   header in the ONNX metadata, the parity check against torch, optional int8;
 - :mod:`cxr.export.quantize`: static int8 (QDQ, per channel) calibrated on a prepared cache;
-- :mod:`cxr.export.metadata`: the cxr metadata and integrity seal of an ONNX file, read
-  without torch or the ``onnx`` package (:func:`read_onnx_info`).
+- :mod:`cxr.export.graph`: tracing the graph and packing cxr's metadata into it;
+- the cxr metadata and integrity seal of an ONNX file live with the model file formats
+  (:mod:`cxr.modelformat.onnx_metadata`, read without torch or the ``onnx`` package;
+  :func:`read_onnx_info` is re-exported here).
 
 Only the metadata is imported eagerly: reading an ONNX file's header needs no torch.
 Research use only: the exported models are not a medical device.
@@ -17,7 +19,7 @@ Research use only: the exported models are not a medical device.
 
 from typing import TYPE_CHECKING, Any
 
-from cxr.export.metadata import HeadWeights, OnnxFileError, OnnxInfo, read_onnx_info
+from cxr.modelformat.onnx_metadata import HeadWeights, OnnxFileError, OnnxInfo, read_onnx_info
 
 if TYPE_CHECKING:
     from cxr.export.onnx import (

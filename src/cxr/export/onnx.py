@@ -1,18 +1,11 @@
 """Export a cxr model file to ONNX, checked against torch before anything is written.
 
-:func:`export_onnx` traces the classifier with torch's TorchScript-based exporter
-(``torch.onnx.export(..., dynamo=False)``: about 2 s for DenseNet-121 where the dynamo
-exporter took 28 s on the same CPU; the parity check below guards either). The graph:
-
-- input ``input``: float32 (B, 1, S, S) = uint8 pixels / 255, B dynamic: the output of
-  :func:`cxr.preprocessing.to_model_input`, so that preprocessing keeps one definition; the
-  graph holds the rest (gray to RGB, mean/std, backbone, head);
-- outputs ``logits`` (B, L), ``probabilities`` (B, L) = sigmoid(logits), ``features``
-  (B, C, h, w) = the last feature map (the Grad-CAM target layer's output) and ``pooled``
-  (B, C) = its pooling by the head.
-
-The metadata (:mod:`cxr.export.metadata`) holds the model file's whole header; the file is
-sealed with a SHA-256 (and signed when a signing key is configured).
+:func:`export_onnx` traces the classifier (:mod:`cxr.export.graph`: input float32
+(B, 1, S, S) = uint8 pixels / 255; outputs logits, probabilities, the last feature map and
+its pooling), checks it against torch, packs the model file's whole header into its metadata
+(:mod:`cxr.modelformat.onnx_metadata`) and seals the file with a SHA-256 (signed when a
+signing key is configured); the result is described by :class:`~cxr.export.report.
+ExportReport`.
 
 Parity: probabilities of the ONNX graph (ONNX Runtime, CPU) against the torch model in fp32
 on the same images at batch 1 and 8 — the first images of ``--check`` or ``--calibrate``
@@ -28,30 +21,29 @@ refused unless ``force=True``.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
-import tempfile
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cxr import RESEARCH_NOTICE, __version__
-from cxr.export.metadata import (
+from cxr.errors import CxrError
+from cxr.export.graph import head_weights, trace_graph, with_metadata
+from cxr.export.quantize import CALIBRATION_IMAGES, cache_rows, macro_auc, open_cache
+from cxr.export.report import PARITY_TOLERANCE, ExportReport
+from cxr.modelformat.atomic import write_atomic
+from cxr.modelformat.header import Header
+from cxr.modelformat.onnx_metadata import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    HEAD_KEY,
     INPUT_NAME,
-    META_KEY,
     OUTPUT_NAMES,
-    HeadWeights,
+    read_onnx,
+    require,
     seal,
 )
-from cxr.export.quantize import CALIBRATION_IMAGES, cache_rows, macro_auc, open_cache
 
 if TYPE_CHECKING:
     from cxr.modelfile import LoadedModel
@@ -71,8 +63,6 @@ __all__ = [
 
 #: ONNX opset of the exported graph unless asked otherwise.
 DEFAULT_OPSET = 17
-#: Largest |Δp| allowed between the fp32 ONNX graph and the torch model.
-PARITY_TOLERANCE = 1e-4
 #: Batch sizes of the parity check.
 PARITY_BATCHES: tuple[int, ...] = (1, 8)
 #: Largest macro-AUC drop of an int8 graph written without ``force``.
@@ -83,175 +73,9 @@ QUANTIZE_MODES: tuple[str, ...] = ("int8",)
 _PathLike = str | os.PathLike[str]
 
 
-class ExportError(ValueError):
+class ExportError(CxrError, ValueError):
     """An export refused: parity outside the tolerance, or an int8 graph that ranks images
     worse than allowed; the message gives the figures."""
-
-
-@dataclass
-class ExportReport:
-    """What :func:`export_onnx` did and measured.
-
-    Attributes:
-        path: the ONNX file written.
-        source: the source model file (None for an in-memory model).
-        precision: ``fp32`` or ``int8``.
-        opset: ONNX opset of the graph.
-        size_bytes: the file's size.
-        parity: batch size -> max |Δp| of the fp32 ONNX graph against torch (fp32).
-        parity_images: where the parity images came from.
-        tolerance: the largest |Δp| allowed (:data:`PARITY_TOLERANCE`).
-        int8_parity: batch size -> max |Δp| of the int8 graph against torch (reported, not
-            checked: the AUC check decides).
-        quantization: calibration cache, image count and method (int8 only).
-        auc_check: cache, images, labels scored, macro AUC fp32 / int8, the drop, the
-            largest drop allowed and whether it was forced (int8 only).
-        seconds: wall time of the export.
-        notes: anything the user should know.
-    """
-
-    path: Path
-    source: Path | None
-    precision: str
-    opset: int
-    size_bytes: int
-    parity: dict[int, float]
-    parity_images: str
-    tolerance: float = PARITY_TOLERANCE
-    int8_parity: dict[int, float] = field(default_factory=dict)
-    quantization: dict[str, Any] | None = None
-    auc_check: dict[str, Any] | None = None
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def max_abs_diff(self) -> float:
-        """Max |Δp| of the fp32 graph against torch over every parity batch."""
-        return max(self.parity.values(), default=float("nan"))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["path"] = str(self.path)
-        out["source"] = None if self.source is None else str(self.source)
-        out["max_abs_diff"] = self.max_abs_diff
-        return out
-
-    def to_text(self) -> str:
-        lines = [
-            f"wrote {self.path} ({self.precision}, opset {self.opset}, "
-            f"{self.size_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s"
-            + (f" from {self.source}" if self.source else ""),
-            "parity of the fp32 ONNX graph with torch (fp32) on "
-            f"{self.parity_images}: "
-            + ", ".join(f"batch {b} max |Δp| {d:.2e}" for b, d in self.parity.items())
-            + f" (tolerance {self.tolerance:.0e}): ok",
-        ]
-        if self.int8_parity:
-            lines.append(
-                "int8 graph vs torch: "
-                + ", ".join(f"batch {b} max |Δp| {d:.3f}" for b, d in self.int8_parity.items())
-            )
-        if self.quantization:
-            q = self.quantization
-            lines.append(
-                f"int8 static quantisation ({q['format']}, per-channel weights, {q['method']} "
-                f"calibration on {q['images']} images of {q['cache']})"
-            )
-        if self.auc_check:
-            a = self.auc_check
-            forced = " (forced)" if a["forced"] and a["drop"] > a["max_drop"] else ""
-            lines.append(
-                f"macro AUC on {a['images']} images of {a['cache']} ({len(a['labels'])} labels): "
-                f"fp32 {a['macro_auc_fp32']:.4f}, int8 {a['macro_auc_int8']:.4f}, change "
-                f"{-a['drop']:+.4f} (largest drop allowed {a['max_drop']}){forced}"
-            )
-        lines += [f"note: {n}" for n in self.notes]
-        lines.append(RESEARCH_NOTICE)
-        return "\n".join(lines) + "\n"
-
-
-# the graph ---------------------------------------------------------------------------------
-def _graph_module(model: ChestClassifier) -> Any:
-    """A module whose forward returns the four outputs of :data:`OUTPUT_NAMES`."""
-    import torch
-    from torch import nn
-
-    class _Graph(nn.Module):
-        def __init__(self, inner: ChestClassifier) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            features = self.inner.features(x)
-            pooled = self.inner.head.pool(features)
-            logits = self.inner.head.out(self.inner.head.mlp(pooled))
-            return logits, torch.sigmoid(logits), features, pooled
-
-    return _Graph(model).eval()
-
-
-def _trace(model: ChestClassifier, opset: int) -> bytes:
-    """The fp32 graph (no metadata) as bytes."""
-    import torch
-
-    size = model.spec.input_size
-    example = torch.zeros(2, 1, size, size)
-    buf = io.BytesIO()
-    axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
-    with warnings.catch_warnings():
-        # the input checks of ChestClassifier.normalise are traced as constants (the graph
-        # has a fixed S); the exporter's deprecation notices are not for the user
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _graph_module(model),
-            (example,),
-            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return buf.getvalue()
-
-
-def head_weights(model: ChestClassifier) -> HeadWeights | None:
-    """The head's pooling and output layer when it is pooling + one linear layer (no
-    hidden layers), for CAM without autograd; None otherwise."""
-    from cxr.models.classifier import GeM
-
-    if model.spec.head.hidden:
-        return None
-    pool = model.head.pool
-    p = float(pool.p.detach().clamp(min=1.0)) if isinstance(pool, GeM) else 1.0
-    eps = float(pool.eps) if isinstance(pool, GeM) else 1e-6
-    return HeadWeights(
-        model.spec.head.pool,
-        model.head.out.weight.detach().float().cpu().numpy(),
-        model.head.out.bias.detach().float().cpu().numpy(),
-        p,
-        eps,
-    )
-
-
-def _with_metadata(graph: bytes, header: dict[str, Any], head: HeadWeights | None) -> bytes:
-    """The graph with the cxr metadata (replacing any other), serialised."""
-    from cxr.export.metadata import require
-
-    onnx = require("onnx", "exporting to ONNX")
-
-    proto = onnx.load_from_string(graph)
-    del proto.metadata_props[:]
-    proto.producer_name, proto.producer_version = "cxr", __version__
-    proto.doc_string = f"cxr chest X-ray classifier ({header['spec']['backbone']}). " + (
-        RESEARCH_NOTICE
-    )
-    entries = {META_KEY: json.dumps(header, sort_keys=True)}
-    if head is not None:
-        entries[HEAD_KEY] = json.dumps(head.to_dict(), sort_keys=True)
-    onnx.helper.set_model_props(proto, entries)
-    return bytes(proto.SerializeToString())
 
 
 # checks --------------------------------------------------------------------------------
@@ -338,24 +162,6 @@ def _auc_check(
 
 
 # writing -------------------------------------------------------------------------------
-def _write_verified(path: Path, data: bytes) -> None:
-    """Write atomically, after reading the temporary file back as a cxr ONNX file."""
-    from cxr.export.metadata import read_onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        read_onnx(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _source_record(loaded: LoadedModel) -> dict[str, Any]:
     path = Path(loaded.path)
     record: dict[str, Any] = {"file": path.name or None, "cxr_version": loaded.cxr_version}
@@ -419,7 +225,6 @@ def export_onnx(
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"the output file must end in .onnx, got {out}")
-    from cxr.export.metadata import require
     from cxr.inference.onnx_backend import make_session
     from cxr.modelfile import LoadedModel, load_model
 
@@ -447,7 +252,7 @@ def export_onnx(
     if len(pixels) < max(PARITY_BATCHES):  # a tiny cache: repeat its images
         pixels = np.resize(pixels, (max(PARITY_BATCHES), size, size))
 
-    graph = _trace(net, opset)
+    graph = trace_graph(net, opset)
     fp32 = make_session(graph)
     reference: dict[int, np.ndarray] = {}
     parity = _parity(net, fp32, pixels, reference)
@@ -457,15 +262,13 @@ def export_onnx(
             + ", ".join(f"{d:.2e} at batch {b}" for b, d in parity.items())
             + f" (max |Δp| allowed {PARITY_TOLERANCE:.0e}); {out} was not written"
         )
+    shared = Header(
+        spec, loaded.thresholds, loaded.training, __version__, loaded.calibration, loaded.ood
+    )
     header: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "spec": spec.to_dict(),
-        "thresholds": dict(loaded.thresholds),
-        "training": dict(loaded.training),
-        "calibration": loaded.calibration.to_dict() if loaded.calibration is not None else None,
-        "ood": loaded.ood.to_dict() if loaded.ood is not None else None,
-        "cxr_version": __version__,
+        **shared.stored(),  # what the model file's header shares, in its stored form
         "notice": RESEARCH_NOTICE,
         "source": _source_record(loaded),
         "precision": "fp32",
@@ -517,8 +320,8 @@ def export_onnx(
 
     from cxr.signing import signing_key
 
-    data = seal(_with_metadata(final, header, head_weights(net)), signing_key())
-    _write_verified(out, data)
+    data = seal(with_metadata(final, header, head_weights(net)), signing_key())
+    write_atomic(out, data, check=read_onnx)  # read back as a cxr ONNX file before the rename
     report.size_bytes = len(data)
     report.seconds = time.perf_counter() - start
     return report

@@ -109,7 +109,7 @@ def quantize_int8(
         images: calibration images, spread evenly over the cache (None = all of them).
         batch_size: images per calibration batch.
     """
-    from cxr.export.metadata import require
+    from cxr.modelformat.onnx_metadata import require
 
     require("onnxruntime", "int8 quantisation")
     from onnxruntime.quantization import (

@@ -7,20 +7,20 @@ in :class:`~cxr.inference.Predictor` and is the same for every backend. Two back
 ``torch`` (:class:`TorchBackend`, a ``.safetensors`` model file) and ``onnx``
 (:class:`~cxr.inference.onnx_backend.OnnxBackend`, a ``.onnx`` file from ``cxr export``, run
 on ONNX Runtime without torch); :func:`open_backend` picks by the file name. Another runtime
-is added by subclassing :class:`Backend` and naming it in :func:`open_backend`.
+is added by subclassing :class:`~cxr.inference.backend.Backend` (re-exported here) and naming
+it in :func:`open_backend`.
 """
 
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr.models.spec import ModelSpec
+from cxr.inference.backend import Backend
 
 if TYPE_CHECKING:
     import torch
@@ -36,59 +36,13 @@ _PathLike = str | os.PathLike[str]
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
 
 
-class Backend(ABC):
-    """A model ready to run, with the metadata of its file.
+def _as_tensor(pixels: Any) -> torch.Tensor:
+    """uint8 pixels (B, S, S) as a tensor: a tensor as it is, a numpy array shared."""
+    import torch
 
-    Attributes:
-        name: the backend's name (``"torch"``).
-        spec: labels, backbone, head and preprocessing of the model.
-        thresholds: label -> decision threshold stored in the file (chosen on validation,
-            on the raw probability).
-        calibration: the file's probability calibration, or None.
-        training: the file's training summary.
-        path: the model file.
-    """
-
-    name: str = ""
-    spec: ModelSpec
-    thresholds: dict[str, float]
-    training: dict[str, Any]
-    path: Path
-    #: the file's probability calibration (:class:`cxr.calibration.Calibration`), or None
-    calibration: Any = None
-    #: the file's not-a-chest-X-ray gate (:class:`cxr.ood.OodGate`), or None
-    ood: Any = None
-
-    @abstractmethod
-    def probabilities(self, pixels: Any) -> Any:
-        """float32 probabilities (B, L) of uint8 pixels (B, S, S), in the backend's own array
-        type (kept where it was computed, so that batches need not wait for each other)."""
-
-    @abstractmethod
-    def to_numpy(self, outputs: Sequence[Any]) -> np.ndarray:
-        """Concatenate outputs of :meth:`probabilities` into numpy float32 (N, L)."""
-
-    def place(self, pixels: Any) -> Any:
-        """uint8 pixels (B, S, S) moved to where the network runs (once, before the TTA
-        views are cut from them); the identity for backends that run on the host."""
+    if isinstance(pixels, torch.Tensor):
         return pixels
-
-    def mean(self, outputs: Sequence[Any]) -> Any:
-        """The element-wise mean of several outputs of :meth:`probabilities` (TTA views)."""
-        total = outputs[0]
-        for extra in outputs[1:]:
-            total = total + extra
-        return total / len(outputs)
-
-    def features(self, pixels: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities float32 (B, L) and the pooled feature map float32 (B, C) (the
-        head's pooling of the backbone's last feature map: the input of its dense layers)
-        of uint8 pixels (B, S, S), as numpy arrays: one forward pass, e.g. for a check of
-        whether an image looks like the training data."""
-        raise NotImplementedError(f"the {self.name} backend does not give features")
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name}
+    return torch.from_numpy(np.ascontiguousarray(pixels))
 
 
 class TorchBackend(Backend):
@@ -132,11 +86,7 @@ class TorchBackend(Backend):
         self.ood = loaded.ood
 
     def place(self, pixels: Any) -> torch.Tensor:
-        import torch
-
-        if isinstance(pixels, np.ndarray):
-            pixels = torch.from_numpy(np.ascontiguousarray(pixels))
-        return pixels.to(self.device, non_blocking=True)
+        return _as_tensor(pixels).to(self.device, non_blocking=True)
 
     def probabilities(self, pixels: Any) -> torch.Tensor:
         """float32 (B, L) on the model's device, of uint8 pixels (B, S, S) (numpy or a
@@ -145,9 +95,7 @@ class TorchBackend(Backend):
 
         from cxr.preprocessing import to_model_input
 
-        if isinstance(pixels, np.ndarray):
-            pixels = torch.from_numpy(np.ascontiguousarray(pixels))
-        x = to_model_input(pixels, self.device, self.channels_last)
+        x = to_model_input(_as_tensor(pixels), self.device, self.channels_last)
         with (
             torch.inference_mode(),
             torch.autocast(
@@ -161,9 +109,7 @@ class TorchBackend(Backend):
 
         from cxr.preprocessing import to_model_input
 
-        if isinstance(pixels, np.ndarray):
-            pixels = torch.from_numpy(np.ascontiguousarray(pixels))
-        x = to_model_input(pixels, self.device, self.channels_last)
+        x = to_model_input(_as_tensor(pixels), self.device, self.channels_last)
         with (
             torch.inference_mode(),
             torch.autocast(
@@ -203,7 +149,7 @@ def open_backend(
     ``backend="auto"`` runs a path ending in ``.onnx`` on ONNX Runtime (``"onnx"``, no
     torch imported) and anything else with torch (``"torch"``).
     """
-    from cxr.export.metadata import is_onnx_path
+    from cxr.modelformat.onnx_metadata import is_onnx_path
 
     if isinstance(model, Backend):
         return model

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: runs a model exported by ``cxr export`` without torch.
 
-The file is read and verified by :func:`cxr.export.metadata.read_onnx` (cxr metadata,
+The file is read and verified by :func:`cxr.modelformat.onnx_metadata.read_onnx` (cxr metadata,
 SHA-256 seal, signature when a key is configured) and the verified bytes are handed to
 ONNX Runtime. Pixels become input by :func:`cxr.preprocessing.to_model_input` (numpy), the
 same definition the torch backend uses; the graph holds the normalisation, the backbone and
@@ -14,22 +14,26 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from cxr.export.metadata import INPUT_NAME, OUTPUT_NAMES, read_onnx, require
-from cxr.inference.backends import Backend
+from cxr.inference.backend import Backend
+from cxr.modelformat.onnx_metadata import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    HeadWeights,
+    OnnxInfo,
+    read_onnx,
+    require,
+)
 from cxr.preprocessing import to_model_input
-
-if TYPE_CHECKING:
-    from cxr.export.metadata import HeadWeights, OnnxInfo
 
 __all__ = ["OnnxBackend", "import_onnxruntime", "make_session"]
 
 
 def import_onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or :class:`~cxr.export.metadata.OnnxNotInstalled`
+    """The ``onnxruntime`` module, or :class:`~cxr.modelformat.onnx_metadata.OnnxNotInstalled`
     saying how to install it."""
     return require("onnxruntime", "running .onnx models")
 
@@ -118,8 +122,9 @@ class OnnxBackend(Backend):
         self.output_names = tuple(o.name for o in self.session.get_outputs())
 
     def run(self, pixels: Any, names: Sequence[str] = ("probabilities",)) -> list[np.ndarray]:
-        """The graph's outputs ``names`` (of :data:`~cxr.export.metadata.OUTPUT_NAMES`) for
-        uint8 pixels (B, S, S) (numpy, or a CPU tensor), as float32 numpy arrays."""
+        """The graph's outputs ``names`` (of
+        :data:`~cxr.modelformat.onnx_metadata.OUTPUT_NAMES`) for uint8 pixels (B, S, S)
+        (numpy, or a CPU tensor), as float32 numpy arrays."""
         if not isinstance(pixels, np.ndarray):  # e.g. a batch of a prepared cache's loader
             pixels = pixels.numpy() if hasattr(pixels, "numpy") else np.asarray(pixels)
         x = to_model_input(np.ascontiguousarray(pixels))

@@ -25,11 +25,11 @@ from cxr.inference.backends import Backend, open_backend
 from cxr.inference.files import list_images
 from cxr.inference.results import ImagePrediction, PredictionResult
 from cxr.inference.tta import tta_shift, tta_views
+from cxr.thresholds import Thresholds
 
 if TYPE_CHECKING:
     import torch
 
-    from cxr.evaluation.thresholds import Thresholds
     from cxr.modelfile import LoadedModel
 
 __all__ = ["Predictor", "predict_images"]
@@ -75,21 +75,18 @@ class Predictor:
         self.preprocessing = self.spec.preprocessing
         self.labels = self.spec.labels
         #: the file's probability calibration, applied to every output (None: raw scores)
-        self.calibration = getattr(self.backend, "calibration", None) if calibrated else None
+        self.calibration = self.backend.calibration if calibrated else None
         #: thresholds as stored (on the model's raw probability)
         self.raw_thresholds = dict(self.backend.thresholds)
         #: thresholds on the scale of the outputs (calibrated when calibration is on):
         #: the same decisions as the raw thresholds on raw probabilities
-        self.thresholds = {
-            k: (self.calibration.threshold(k, t) if self.calibration is not None else t)
-            for k, t in self.raw_thresholds.items()
-        }
+        self.thresholds = {k: self.output_scale(k, t) for k, t in self.raw_thresholds.items()}
         self.fit = self.preprocessing.fit
         self.size = self.preprocessing.size
         self.tta = bool(tta)
         self.batch_size = batch_size
-        #: the file's not-a-chest-X-ray gate (:class:`cxr.ood.OodGate`), or None
-        self.ood = getattr(self.backend, "ood", None)
+        #: the file's not-a-chest-X-ray gate (:class:`cxr.gate.OodGate`), or None
+        self.ood = self.backend.ood
 
     @property
     def path(self) -> Path:
@@ -114,7 +111,7 @@ class Predictor:
             raise ValueError(
                 f"the {self.backend.name} backend has no torch model (Grad-CAM needs the "
                 ".safetensors model file); heatmaps of an ONNX model: "
-                "cxr.explain_cam.explain_onnx(predictor.backend, image)"
+                "cxr.explain.explain_onnx(predictor.backend, image)"
             )
         return model
 
@@ -135,11 +132,12 @@ class Predictor:
         }
 
     def output_scale(self, label: str, probability: float) -> float:
-        """A raw probability of ``label`` (e.g. a Grad-CAM explanation's) on the scale of
-        this predictor's outputs: calibrated when calibration is on."""
+        """A raw probability of ``label`` (e.g. a Grad-CAM explanation's, or a stored
+        threshold) on the scale of this predictor's outputs: mapped by the file's
+        calibration (:meth:`cxr.calibration.Calibration.map`) when calibration is on."""
         if self.calibration is None:
             return float(probability)
-        return self.calibration.threshold(label, float(probability))  # the same map
+        return self.calibration.map(label, probability)
 
     def preprocess(self, path: _PathLike) -> np.ndarray:
         """uint8 (S, S): the file as training saw it (raises ImageReadError)."""
@@ -215,7 +213,7 @@ class Predictor:
                 f"model was trained on --fit {self.fit}; prepare it again with "
                 f"--fit {self.fit}"
             )
-        from cxr.training.loader import CacheBatches
+        from cxr.cache.batches import CacheBatches
 
         # read ahead in a thread into pinned memory; the probabilities stay on the device
         # until the end, so nothing waits for the GPU between batches
@@ -307,10 +305,8 @@ class Predictor:
         return result
 
     def stored_thresholds(self) -> Thresholds | None:
-        """The model file's thresholds as a :class:`~cxr.evaluation.thresholds.Thresholds` record
+        """The model file's thresholds as a :class:`~cxr.thresholds.Thresholds` record
         (chosen on validation data by ``cxr train``, Youden's J), or None if it has none."""
-        from cxr.evaluation.thresholds import Thresholds
-
         if not self.thresholds:
             return None
         scale = " on the calibrated scale" if self.calibration is not None else ""

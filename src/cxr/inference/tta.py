@@ -11,14 +11,21 @@ the division by 255, so views of uint8 pixels and of float input are the same im
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["TTA_SHIFT", "tta_shift", "tta_views"]
 
 #: TTA shift as a fraction of the image side.
 TTA_SHIFT = 0.03
 
-_A = TypeVar("_A", bound=Any)
+#: an image batch: a numpy array or a torch tensor (torch is imported only by its callers)
+_A = TypeVar("_A", npt.NDArray[Any], "torch.Tensor")
 
 
 def tta_shift(side: int) -> int:
@@ -41,9 +48,9 @@ def _shift(x: _A, dx: int, dy: int) -> _A:
 
 
 def _mirror(x: _A) -> _A:
-    if hasattr(x, "flip"):  # torch
-        return x.flip(-1)
-    return x[..., ::-1].copy()
+    if isinstance(x, np.ndarray):
+        return x[..., ::-1].copy()
+    return x.flip(-1)
 
 
 def tta_views(x: _A) -> list[_A]:

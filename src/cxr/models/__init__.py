@@ -41,23 +41,22 @@ if TYPE_CHECKING:
         load_pretrained,
     )
 
-_LAZY = {
-    **dict.fromkeys(
+#: Name -> the module that defines it, imported on first use (each module's ``__all__``;
+#: tests/test_models.py checks that the two lists agree).
+_LAZY: dict[str, str] = {
+    name: module
+    for module, names in (
         (
-            "ChestClassifier",
-            "ClassifierHead",
-            "GeM",
-            "build_model",
-            "freeze_backbone",
-            "parameter_groups",
+            "cxr.models.classifier",
+            "ChestClassifier ClassifierHead GeM build_model freeze_backbone parameter_groups "
             "unfreeze_backbone",
         ),
-        "cxr.models.classifier",
-    ),
-    **dict.fromkeys(
-        ("PretrainedWeightsError", "WeightsNotFoundError", "find_pretrained", "load_pretrained"),
-        "cxr.models.pretrained",
-    ),
+        (
+            "cxr.models.pretrained",
+            "PretrainedWeightsError WeightsNotFoundError find_pretrained load_pretrained",
+        ),
+    )
+    for name in names.split()
 }
 
 

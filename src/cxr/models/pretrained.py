@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cxr.errors import CxrError
 from cxr.models.registry import WeightsConfig, get_backbone
 
 __all__ = [
@@ -54,7 +55,7 @@ _TV_DENSE = re.compile(r"^(.*denselayer\d+)\.((?:norm|relu|conv)[12]\..*)$")
 _DROPPED_PREFIXES = {"torchvision": ("classifier.",), "efficientnet-lite": ("_fc.",), "native": ()}
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(CxrError, RuntimeError):
     """Weights that cannot be read or do not fit the backbone; the message says why."""
 
 

@@ -12,6 +12,8 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from cxr.errors import CxrError
+
 __all__ = ["BodyTooLarge", "RequestSizeLimit", "SecurityHeaders", "send_json"]
 
 Scope = MutableMapping[str, Any]
@@ -21,7 +23,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(CxrError):
     """Raised from ``receive`` once a request body has passed the limit."""
 
 

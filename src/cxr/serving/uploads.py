@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from cxr.errors import CxrError
+
 __all__ = ["FormError", "Upload", "UploadForm", "display_name", "read_form"]
 
 _MAX_FIELD_BYTES = 64 * 1024  # a text field (labels, top_k, method)
@@ -22,7 +24,7 @@ _MAX_NAME = 120
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-class FormError(Exception):
+class FormError(CxrError):
     """A request whose body is not the expected form: ``status`` (400, 413 or 415)."""
 
     def __init__(self, status: int, detail: str) -> None:

@@ -1,4 +1,5 @@
-"""MLflow tracking of training runs: a training callback, and the helpers a study uses.
+"""MLflow tracking of training runs: the training callback (the store helpers a study and
+``cxr evaluate`` use are in :mod:`cxr.tracking.mlflow_store`).
 
 :class:`MLflowCallback` records one training run as one MLflow run:
 
@@ -13,12 +14,14 @@
   folders and the sha256 of their ``manifest.json`` (``cxr.train_cache_fingerprint``,
   ``cxr.val_cache_fingerprint``), the run folder;
 - artifacts at the end: ``config.yaml``, ``run.json``, ``history.csv`` and
-  ``best.safetensors``; :func:`log_evaluation` adds a test report later (``cxr evaluate``).
+  ``best.safetensors``; :func:`~cxr.tracking.mlflow_store.log_evaluation` adds a test
+  report later (``cxr evaluate``).
 
-Where: :func:`tracking_uri` (the argument, else ``$MLFLOW_TRACKING_URI``, else the SQLite
-file ``mlflow.db`` in the working folder; view it with ``mlflow ui --backend-store-uri
-sqlite:///mlflow.db``). An experiment created here in a SQLite store keeps its artifacts in
-the folder ``mlartifacts`` beside the database file.
+Where: :func:`~cxr.tracking.mlflow_store.tracking_uri` (the argument, else
+``$MLFLOW_TRACKING_URI``, else the SQLite file ``mlflow.db`` in the working folder; view
+it with ``mlflow ui --backend-store-uri sqlite:///mlflow.db``). An experiment created here
+in a SQLite store keeps its artifacts in the folder ``mlartifacts`` beside the database
+file.
 
 The run folder keeps ``mlflow.json`` (tracking URI, experiment and run id): a resumed run
 (``cxr train --resume``) logs into the same MLflow run again, and ``cxr evaluate`` finds
@@ -55,15 +58,9 @@ from cxr.tracking.mlflow_store import (
     _tags,
     _write_link,
     cache_fingerprint,
-    end_run,
     git_commit,
-    log_artifacts,
-    log_evaluation,
     mlflow_available,
     run_link,
-    start_run,
-    tracking_requested,
-    tracking_uri,
     view_hint,
 )
 from cxr.training.callbacks import RunStart, TrainingCallback
@@ -72,19 +69,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-__all__ = [
-    "LINK_FILE",
-    "MLflowCallback",
-    "MLflowNotInstalled",
-    "end_run",
-    "log_artifacts",
-    "log_evaluation",
-    "mlflow_available",
-    "run_link",
-    "start_run",
-    "tracking_requested",
-    "tracking_uri",
-]
+__all__ = ["MLflowCallback"]
 
 
 def _run_tags(run: RunStart) -> dict[str, str]:
@@ -119,8 +104,9 @@ class MLflowCallback(TrainingCallback):
     """Logs a training run to MLflow (what is logged: see :mod:`cxr.tracking.mlflow`).
 
     Args:
-        tracking_uri: the store; default: see :func:`tracking_uri` (a resumed run: the one
-            its ``mlflow.json`` names).
+        tracking_uri: the store; default: see
+            :func:`~cxr.tracking.mlflow_store.tracking_uri` (a resumed run: the one its
+            ``mlflow.json`` names).
         experiment: the experiment of a new run (created when missing).
         run_name: default: the run folder's name.
         parent_run_id: make the new run a child of this one (a study's trials).

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr import __version__
+from cxr.errors import CxrError
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, RunTag
@@ -39,7 +40,7 @@ _INSTALL = "MLflow tracking needs the tune extra: pip install 'cxr[tune]'"
 _RUN_FILES = ("config.yaml", "run.json", "history.csv")
 
 
-class MLflowNotInstalled(ImportError):
+class MLflowNotInstalled(CxrError, ImportError):
     """MLflow is not installed; the message names the extra that brings it."""
 
     def __init__(self, message: str = _INSTALL) -> None:

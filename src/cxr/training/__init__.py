@@ -8,7 +8,7 @@ Example::
     print(result.best_auc, result.best_model)
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cxr.training.config import AugmentConfig, ConfigError, TrainConfig, TrainError
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from cxr.training.loop import TrainingInterrupted, TrainResult, resume, run_summary, train
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # the loop imports torch: loaded on first use, so that `cxr --help` and the settings
     # (TrainConfig) stay quick to import
     if name in ("TrainResult", "TrainingInterrupted", "resume", "run_summary", "train"):

@@ -16,7 +16,7 @@ Subclass :class:`TrainingCallback` and override what you need; a plain function
 ``fn(event, info)`` is accepted too (``event`` in ``"start"``, ``"step"``, ``"epoch"``,
 ``"end"``, ``"error"``). Callbacks run on every process of a DDP job;
 ``RunStart.is_main`` says whether this one writes files. TensorBoard logging is one such callback
-(:mod:`cxr.tracking.tensorboard`). A callback that raises stops the run: what the last
+(:mod:`cxr.training.tensorboard`). A callback that raises stops the run: what the last
 completed epoch saved is kept, and ``cxr train --resume`` continues from there.
 """
 

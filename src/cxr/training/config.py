@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from cxr.choices import CALIBRATIONS, POOLS, PRECISIONS
+from cxr.errors import CxrError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 #: Epochs of each phase when the training set is large (phase -> epochs).
@@ -28,11 +29,11 @@ SCHEDULES = ("cosine", "plateau", "constant")
 LOSSES = ("weighted-bce", "pos-weight-bce", "inverse-frequency", "focal", "bce")
 
 
-class ConfigError(ValueError):
+class ConfigError(CxrError, ValueError):
     """A setting is out of range or unknown; the message names it."""
 
 
-class TrainError(RuntimeError):
+class TrainError(CxrError, RuntimeError):
     """The run cannot start or continue; the message says why and what to do."""
 
 
@@ -252,21 +253,30 @@ class TrainConfig:
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a configuration written by :meth:`save` (or by hand)."""
         path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such configuration file") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or type(exc).__name__
-            raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+        values = read_yaml(path, ConfigError, "configuration file")
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of settings")
         try:
             return cls.from_dict(values)
         except (ConfigError, TypeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_yaml(path: Path, error: type[Exception], what: str) -> Any:
+    """The YAML document in ``path``. A missing or unreadable file, or text that is no
+    valid YAML, raises ``error`` with a one-line message naming the file (``what`` says
+    what kind of file it should be) and, for bad YAML, the line and column."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot be read ({type(err).__name__})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise error(f"{path}{where}: not valid YAML ({problem})") from None
 
 
 def _from_dict(cls: type, values: dict[str, Any], prefix: str):

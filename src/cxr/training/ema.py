@@ -26,17 +26,22 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the average towards ``model``'s current weights."""
-        source = model.state_dict()
-        floats_ema, floats_new = [], []
-        for name, value in self.module.state_dict().items():
-            new = source[name]
+        """Move the average towards ``model``'s current weights (one fused lerp over the
+        floating-point tensors, one fused copy of the others)."""
+        source = dict(_tensors(model))
+        floats_ema, floats_new, others_ema, others_new = [], [], [], []
+        for name, value in _tensors(self.module):
+            new = source[name].detach()
             if value.is_floating_point():
                 floats_ema.append(value)
-                floats_new.append(new.detach())
+                floats_new.append(new)
             else:
-                value.copy_(new)
-        torch._foreach_lerp_(floats_ema, floats_new, 1.0 - self.decay)
+                others_ema.append(value)
+                others_new.append(new)
+        if floats_ema:
+            torch._foreach_lerp_(floats_ema, floats_new, 1.0 - self.decay)
+        if others_ema:
+            torch._foreach_copy_(others_ema, others_new)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "weights": self.module.state_dict()}
@@ -44,3 +49,19 @@ class ModelEMA:
     def load_state_dict(self, state: dict) -> None:
         self.decay = float(state["decay"])
         self.module.load_state_dict(state["weights"])
+
+
+def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of what ``model.state_dict()`` holds (parameters and persistent
+    buffers, same names), without its hooks and per-tensor ``detach`` (it runs every step)."""
+    out: list[tuple[str, torch.Tensor]] = []
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        for name, p in module._parameters.items():
+            if p is not None:
+                out.append((dot + name, p))
+        skip = module._non_persistent_buffers_set
+        for name, b in module._buffers.items():
+            if b is not None and name not in skip:
+                out.append((dot + name, b))
+    return out

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cxr.cache.batches import CacheBatches
 from cxr.devices import autocast_dtype
 from cxr.losses import build_loss
 from cxr.models import (
@@ -33,7 +34,6 @@ from cxr.training import distributed as dd
 from cxr.training.augment import augment_batch
 from cxr.training.config import TrainConfig
 from cxr.training.ema import ModelEMA
-from cxr.training.loader import CacheBatches
 from cxr.training.schedule import LRSchedule
 
 #: Steps of an epoch counted as warm-up (first-call kernel choice and memory allocation,
@@ -238,7 +238,7 @@ class Engine:
         assert isinstance(module, ChestClassifier)  # the EMA is a copy of self.model
         return module
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still counts versions)
     def predict(
         self,
         batches: CacheBatches,

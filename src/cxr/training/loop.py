@@ -27,43 +27,32 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
-import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from cxr import __version__
-from cxr.cache import PreparedCache
+from cxr.prepared_cache import PreparedCache
 from cxr.preprocessing import Preprocessing
 from cxr.training import distributed as dd
-from cxr.training.callbacks import RunStart, TrainingCallback, as_callbacks
+from cxr.training.callbacks import RunStart
 from cxr.training.config import TrainConfig, TrainError
 from cxr.training.engine import Engine
-from cxr.training.loader import CacheBatches
-from cxr.training.records import STATE_VERSION, epoch_line, history_row, save_epoch
+from cxr.training.records import epoch_calibration, epoch_line, history_row, save_epoch
+from cxr.training.results import TrainResult, interrupted_message, run_summary
+from cxr.training.startup import (
+    Callback,
+    cache_batches,
+    default_callbacks,
+    label_index,
+    load_state,
+    open_cache,
+    plan_line,
+    resume_threads,
+)
 
-
-@dataclass
-class TrainResult:
-    """What a finished (or early-stopped) run produced."""
-
-    run_dir: Path
-    best_auc: float
-    best_epoch: int
-    epochs_run: int
-    history: list[dict] = field(default_factory=list)
-
-    @property
-    def best_model(self) -> Path:
-        return self.run_dir / "best.safetensors"
-
-    @property
-    def last_model(self) -> Path:
-        return self.run_dir / "last.safetensors"
+__all__ = ["Callback", "TrainResult", "TrainingInterrupted", "resume", "run_summary", "train"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -75,10 +64,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-#: A :class:`~cxr.training.callbacks.TrainingCallback`, or a function ``fn(event, info)``.
-Callback = TrainingCallback | Callable[[str, Any], None]
 
 
 def train(
@@ -115,7 +100,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("state.pt", "history.csv", "best.safetensors", "last.safetensors"):
             (run_dir / stale).unlink(missing_ok=True)
-    train_c, val_c = _open(train_cache), _open(val_cache)
+    train_c, val_c = open_cache(train_cache), open_cache(val_cache)
     if info.is_main:
         config.save(run_dir / "config.yaml")
         (run_dir / "run.json").write_text(
@@ -161,94 +146,23 @@ def resume(
     config = TrainConfig.load(run_dir / "config.yaml")
     meta = json.loads((run_dir / "run.json").read_text())
     info = dd.setup(config.device)
-    try:
-        state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise TrainError(
-            f"{run_dir / 'state.pt'} holds pickled objects other than tensors and plain values; "
-            "cxr never unpickles code, so it cannot resume from it; start a new run"
-        ) from None
-    except (OSError, RuntimeError, EOFError) as err:
-        raise TrainError(
-            f"{run_dir / 'state.pt'} cannot be read ({type(err).__name__}); start a new run"
-        ) from None
-    if state.get("version") != STATE_VERSION:
-        raise TrainError(
-            f"{run_dir / 'state.pt'} was written by another cxr version; start a new run"
-        )
-    if int(state["world_size"]) != info.world_size:
-        raise TrainError(
-            f"{run_dir} was trained with {state['world_size']} processes; resume it "
-            f"with the same number (now {info.world_size})"
-        )
-    train_c, val_c = _open(meta["train_cache"]), _open(meta["val_cache"])
+    state = load_state(run_dir, info)
+    train_c, val_c = open_cache(meta["train_cache"]), open_cache(meta["val_cache"])
     return _run(config, train_c, val_c, run_dir, info, state, progress, echo, callbacks, threads)
-
-
-def _open(cache: str | Path | PreparedCache) -> PreparedCache:
-    return cache if isinstance(cache, PreparedCache) else PreparedCache(cache)
-
-
-def _label_index(config: TrainConfig, train_c: PreparedCache, val_c: PreparedCache):
-    names = tuple(config.labels or train_c.table.pathologies)
-    index = {}
-    for which, cache in (("training", train_c), ("validation", val_c)):
-        have = cache.table.pathologies
-        missing = [n for n in names if n not in have]
-        if missing:
-            raise TrainError(
-                f"the {which} cache {cache.path} lacks label(s) {missing}; it has {list(have)}"
-            )
-        index[which] = [have.index(n) for n in names]
-    if train_c.size != val_c.size:
-        raise TrainError(
-            f"the training cache is {train_c.size}px but the validation cache "
-            f"is {val_c.size}px; prepare both at the same --size"
-        )
-    return names, index["training"], index["validation"]
-
-
-def _default_callbacks(callbacks: Sequence[Callback]) -> list[TrainingCallback]:
-    from cxr.tracking.tensorboard import TensorBoardCallback, tensorboard_available
-
-    out = as_callbacks(callbacks)
-    if tensorboard_available() and not any(isinstance(c, TensorBoardCallback) for c in out):
-        out.append(TensorBoardCallback())
-    return out
 
 
 def _run(
     config, train_c, val_c, run_dir, info, state, progress, echo, callbacks, threads=None
 ) -> TrainResult:
-    callbacks = _default_callbacks(callbacks)
-    names, train_index, val_index = _label_index(config, train_c, val_c)
+    callbacks = default_callbacks(callbacks)
+    names, train_index, val_index = label_index(config, train_c, val_c)
     torch.manual_seed(config.seed)
     if config.deterministic_on(info.device.type):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     else:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
-    pin = info.device.type == "cuda"
-    train_b = CacheBatches(
-        train_c,
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        drop_last=True,
-        label_index=train_index,
-        pin_memory=pin,
-        prefetch=2 * config.loader_threads,
-    )
-    val_b = CacheBatches(
-        val_c,
-        config.val_batch_size,
-        shuffle=False,
-        rank=info.rank,
-        world_size=info.world_size,
-        label_index=val_index,
-        pin_memory=pin,
-    )
+    train_b = cache_batches(config, train_c, info, train_index, training=True)
+    val_b = cache_batches(config, val_c, info, val_index, training=False)
     if len(train_b) == 0:
         raise TrainError(
             f"the training cache {train_c.path} has {len(train_c)} images, fewer "
@@ -275,9 +189,9 @@ def _run(
         bad_epochs = int(state["bad_epochs"])
         if info.is_main:
             echo(f"resuming {run_dir} at epoch {start + 1} of {config.epochs}")
-        _resume_threads(int(state.get("cpu_threads", 0)), threads, info, echo)
+        resume_threads(int(state.get("cpu_threads", 0)), threads, info, echo)
     if info.is_main:
-        echo(_plan_line(config, info, names, train_c, val_c, run_dir, start))
+        echo(plan_line(config, info, names, train_c, val_c, run_dir, start))
         if sizing:
             echo(sizing)
     try:
@@ -321,7 +235,7 @@ def _observed(
         )  # fmt: skip
     except KeyboardInterrupt:
         dd.teardown(info)
-        raise TrainingInterrupted(_interrupted(run_dir, config, history), run_dir) from None
+        raise TrainingInterrupted(interrupted_message(run_dir, config, history), run_dir) from None
     if best_epoch >= 0 and info.is_main:
         echo(
             f"best model: {run_dir / 'best.safetensors'} (epoch {best_epoch + 1}; thresholds "
@@ -340,62 +254,6 @@ def _observed(
     for cb in callbacks:
         cb.on_end(result)
     return result
-
-
-def _calibrate(config: TrainConfig, val_labels, probs, names, val_b: CacheBatches, echo):
-    """The calibration of this epoch's model, fitted on its validation predictions (None
-    when ``config.calibration`` is "none" or the validation set cannot support one)."""
-    if config.calibration == "none":
-        return None
-    from cxr.calibration import fit_calibration
-
-    try:
-        return fit_calibration(
-            val_labels,
-            probs,
-            names,
-            method=config.calibration,
-            source=str(val_b.cache.path.resolve()),
-        )
-    except ValueError as err:
-        echo(f"no calibration: {err}")
-        return None
-
-
-def _resume_threads(saved: int, asked: int | None, info: dd.Dist, echo) -> None:
-    """CPU kernels sum in an order that depends on the thread count: by default use the
-    run's own, so that the resumed run ends exactly where an uninterrupted one would."""
-    if info.device.type != "cpu" or not saved:
-        return
-    if asked is not None:
-        torch.set_num_threads(int(asked))
-        if int(asked) != saved and info.is_main:
-            echo(
-                f"using {asked} CPU threads as asked; the run used {saved}, so from here its "
-                "numbers may differ in the last digits from an uninterrupted run"
-            )
-    elif saved != torch.get_num_threads():
-        torch.set_num_threads(saved)
-        if info.is_main:
-            echo(f"using {saved} CPU threads, as the run did before")
-
-
-def _interrupted(run_dir: Path, config: TrainConfig, history: list[dict]) -> str:
-    """What an interrupted run kept and the command that continues it."""
-    if not (run_dir / "state.pt").is_file():
-        return (
-            f"interrupted before the first epoch ended: nothing was saved in {run_dir}; "
-            "run the same command again to start over"
-        )
-    done = len(history)
-    best = max(history, key=lambda r: r["val_macro_auc"]) if history else None
-    kept = f"epochs 1-{done} of {config.epochs} are saved in {run_dir}"
-    if best is not None:
-        kept += (
-            f" (best model {run_dir / 'best.safetensors'}: validation macro AUC "
-            f"{best['val_macro_auc']:.4f} at epoch {int(best['epoch'])}, with thresholds)"
-        )
-    return f"interrupted; {kept}. Continue with: cxr train --resume {shlex.quote(str(run_dir))}"
 
 
 def _epochs(
@@ -432,7 +290,7 @@ def _epochs(
             chosen = calibration = None
             if improved:
                 chosen = dict(choose_thresholds(val_labels, probs, names, source="validation"))
-                calibration = _calibrate(config, val_labels, probs, names, val_b, echo)
+                calibration = epoch_calibration(config, val_labels, probs, names, val_b, echo)
             save_epoch(
                 run_dir,
                 engine,
@@ -457,46 +315,3 @@ def _epochs(
             break
         epoch = next_epoch
     return best_auc, best_epoch
-
-
-def _plan_line(
-    config: TrainConfig,
-    info: dd.Dist,
-    names: Sequence[str],
-    train_c: PreparedCache,
-    val_c: PreparedCache,
-    run_dir: Path,
-    start: int,
-) -> str:
-    """What the run is about to do, printed before its first step."""
-    where = str(info.device)
-    if info.device.type == "cpu":
-        where += f" ({torch.get_num_threads()} threads)"
-    if info.enabled:
-        where += f", {info.world_size} processes"
-    weights = config.pretrained or "none (random initialisation)"
-    return (
-        f"training {config.backbone} on {where}: {len(train_c)} training and {len(val_c)} "
-        f"validation images at {train_c.size} px ({train_c.fit}), {len(names)} labels "
-        f"({', '.join(names)}); pretrained weights: {weights}; epochs {start + 1} to "
-        f"{config.epochs} into {run_dir}"
-    )
-
-
-def run_summary(result: TrainResult) -> str:
-    """A few lines about a finished run, for the command line."""
-    lines = [
-        f"run folder: {result.run_dir}",
-        f"epochs run: {result.epochs_run}; best validation macro AUC "
-        f"{result.best_auc:.4f} at epoch {result.best_epoch + 1}",
-        f"models: {result.best_model} (best), {result.last_model} (last)",
-    ]
-    if result.history:
-        last = result.history[-1]
-        steady = last.get("images_per_second_steady", last["images_per_second"])
-        lines.append(
-            f"training throughput (last epoch): {steady:.0f} images/s in steady state, "
-            f"{last['images_per_second']:.0f} with the warm-up of "
-            f"{last.get('warmup_seconds', 0.0):.1f} s"
-        )
-    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""What a training run writes as it goes: history rows, the epoch's files, the summary line.
+"""What a training run writes as it goes: history rows, the epoch's files (with the
+calibration fitted on its validation predictions), the summary line.
 
 Used by :mod:`cxr.training.loop`; rank 0 writes. Files are replaced atomically (written to
 a temporary name, then renamed), so a kill never leaves a half-written ``state.pt`` or
@@ -10,17 +11,24 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from cxr.training.config import TrainConfig
 from cxr.training.engine import Engine, EpochStats
+
+if TYPE_CHECKING:
+    from cxr.cache.batches import CacheBatches
+    from cxr.calibration import Calibration
 
 __all__ = [
     "STATE_VERSION",
     "atomic_torch_save",
+    "epoch_calibration",
     "epoch_line",
     "history_row",
     "save_epoch",
@@ -65,6 +73,34 @@ def epoch_line(row: dict, epochs: int, best: float) -> str:
         f"{row['val_macro_auc']:.4f} (best {best:.4f}), {rate:.0f} img/s (steady)"
         + (f" [{row['note']}]" if row.get("note") else "")
     )
+
+
+def epoch_calibration(
+    config: TrainConfig,
+    val_labels: np.ndarray,
+    probs: np.ndarray,
+    names: Sequence[str],
+    val_b: CacheBatches,
+    echo: Callable[[str], None],
+) -> Calibration | None:
+    """The calibration of this epoch's model, fitted on its validation predictions
+    (``val_labels``, ``probs``: (N, L)); None when ``config.calibration`` is "none" or the
+    validation set cannot support one (said with ``echo``)."""
+    if config.calibration == "none":
+        return None
+    from cxr.calibration import fit_calibration
+
+    try:
+        return fit_calibration(
+            val_labels,
+            probs,
+            names,
+            method=config.calibration,
+            source=str(val_b.cache.path.resolve()),
+        )
+    except ValueError as err:
+        echo(f"no calibration: {err}")
+        return None
 
 
 def atomic_torch_save(obj, path: Path) -> None:

@@ -11,11 +11,13 @@ Example::
 Modules: :mod:`~cxr.tuning.space` (what is searched, the YAML space file),
 :mod:`~cxr.tuning.study` (storage, workers, kills, the search loop),
 :mod:`~cxr.tuning.trial` (one trial: a training run with pruning),
-:mod:`~cxr.tuning.records` and :mod:`~cxr.tuning.figures` (the output folder).
+:mod:`~cxr.tuning.params` (one parameter, a space file's entry),
+:mod:`~cxr.tuning.records` (kinds and counts of trials), :mod:`~cxr.tuning.outputs` and
+:mod:`~cxr.tuning.figures` (the output folder).
 Needs the ``tune`` extra (``pip install 'cxr[tune]'``): Optuna, MLflow, psycopg2.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cxr.tuning.space import DEFAULT_SPACE, Param, SearchSpace, SpaceError
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from cxr.tuning.study import TuneError, TuneResult, tune, tune_summary
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # the study imports Optuna (slow to import): loaded on first use
     if name in ("TuneError", "TuneResult", "tune", "tune_summary"):
         from cxr.tuning import study

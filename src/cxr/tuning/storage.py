@@ -28,8 +28,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
+from cxr.errors import CxrError
 from cxr.training.config import TrainConfig
-from cxr.tuning.records import write_atomic
+from cxr.tuning.outputs import write_atomic
 
 __all__ = [
     "GRACE_S",
@@ -47,7 +48,7 @@ HEARTBEAT_S, GRACE_S = 30, 180
 _RDB_SCHEMES = ("postgresql", "postgres", "sqlite", "mysql", "mariadb", "oracle", "mssql")
 
 
-class TuneError(ValueError):
+class TuneError(CxrError, ValueError):
     """The study cannot start or continue; the message says why and what to do."""
 
 

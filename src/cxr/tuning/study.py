@@ -30,7 +30,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from cxr.training.config import TrainConfig
-from cxr.tuning import records
+from cxr.tuning import outputs, records
 from cxr.tuning.space import SearchSpace
 from cxr.tuning.storage import TuneError, check_base, claim_folder, open_storage, open_study
 from cxr.tuning.trial import run_trial
@@ -40,11 +40,11 @@ __all__ = ["PRUNERS", "TuneError", "TuneResult", "tune", "tune_summary"]
 
 PRUNERS = ("hyperband", "median", "none")
 _OUTPUTS = (
-    records.BEST_CONFIG,
-    records.BEST_TRIAL,
-    records.TRIALS_CSV,
-    records.HISTORY_PNG,
-    records.IMPORTANCES_PNG,
+    outputs.BEST_CONFIG,
+    outputs.BEST_TRIAL,
+    outputs.TRIALS_CSV,
+    outputs.HISTORY_PNG,
+    outputs.IMPORTANCES_PNG,
 )
 
 
@@ -69,7 +69,7 @@ class TuneResult:
 
     @property
     def best_config_file(self) -> Path:
-        return self.out_dir / records.BEST_CONFIG
+        return self.out_dir / outputs.BEST_CONFIG
 
 
 def _make_pruner(pruner: str | optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
@@ -88,7 +88,7 @@ def _mlflow_parent(
     study: optuna.Study, created: bool, name: str, experiment: str, base: TrainConfig, where: str
 ) -> str:
     """The study's MLflow run (its id kept in the study), started when missing."""
-    from cxr.tracking.mlflow import start_run
+    from cxr.tracking import start_run
 
     run_id = study.user_attrs.get("mlflow_run_id")
     deadline = time.monotonic() + (0 if created else 5)  # its creator may be starting it now
@@ -220,14 +220,14 @@ class _Search:
         return self._finish()
 
     def _write(self) -> None:
-        records.write_outputs(
+        outputs.write_outputs(
             self.study.get_trials(deepcopy=False), self.study, self.out_dir, self.name
         )
 
     def _callbacks(self, number: int) -> list[Any]:
         if self.parent is None:
             return []
-        from cxr.tracking.mlflow import MLflowCallback
+        from cxr.tracking import MLflowCallback
 
         return [
             MLflowCallback(
@@ -267,7 +267,7 @@ class _Search:
         all_trials = self.study.get_trials(deepcopy=False)
         counts, best = records.count(all_trials), records.best_of(all_trials)
         if self.parent is not None:
-            from cxr.tracking.mlflow import end_run, log_artifacts
+            from cxr.tracking import end_run, log_artifacts
 
             files = [self.out_dir / n for n in _OUTPUTS if (self.out_dir / n).is_file()]
             log_artifacts(None, self.parent, files)
@@ -304,7 +304,7 @@ def tune_summary(result: TuneResult) -> str:
         )
         lines.append(f"best settings: {result.best_config_file} (cxr train --config FILE)")
     lines.append(
-        f"trials: {out / records.TRIALS_CSV}; figures: {out / records.HISTORY_PNG}, "
-        f"{out / records.IMPORTANCES_PNG}"
+        f"trials: {out / outputs.TRIALS_CSV}; figures: {out / outputs.HISTORY_PNG}, "
+        f"{out / outputs.IMPORTANCES_PNG}"
     )
     return "\n".join(lines)

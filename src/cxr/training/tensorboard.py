@@ -1,4 +1,9 @@
-"""TensorBoard logging of a training run, as a training callback."""
+"""TensorBoard logging of a training run, as a training callback.
+
+On by default when TensorBoard is installed (:func:`cxr.training.train` adds it); the
+scalars go to the run's ``tensorboard/`` folder. :mod:`cxr.tracking` re-exports it beside
+the MLflow callback. TensorBoard is imported when a run starts, not with this module.
+"""
 
 from __future__ import annotations
 
