@@ -8,7 +8,7 @@ epoch, two cxr/plain pairs; about 30 minutes on an idle 2-core CPU):
 Quick smoke test (a few minutes; cxr-small-cnn at 64 px on 160 training images):
     .venv/bin/python bench/train_epoch.py --quick
 
-Data: --data (default /work/shared/datasets/pediatric-pneumonia, NORMAL/ and PNEUMONIA/
+Data: --data (default ../shared/datasets/pediatric-pneumonia, NORMAL/ and PNEUMONIA/
 JPEGs) is split by patient (`cxr data split`) and its train and val lists prepared at --size
 (`cxr prepare`) under --work-dir, reused when present; --limit N keeps the first N training
 rows. Without the folder, phantom radiographs (cxr.synth) stand in for it.
@@ -50,7 +50,7 @@ from _common import machine_line, markdown, write_json  # noqa: E402
 
 TARGET = 0.90
 WARMUP_STEPS = 2  # as cxr.training.engine.WARMUP_STEPS
-PEDIATRIC = Path("/work/shared/datasets/pediatric-pneumonia")
+PEDIATRIC = HERE.parent.parent / "shared" / "datasets" / "pediatric-pneumonia"
 
 
 # the data --------------------------------------------------------------------------------

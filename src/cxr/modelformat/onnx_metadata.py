@@ -33,11 +33,13 @@ a changed byte anywhere, or a file saved again by another tool, fails the check.
 Reading needs neither ``onnx`` nor torch: a walker of the protobuf wire format
 (:mod:`cxr.modelformat.protobuf`) reads the file's top-level fields. The ``onnx`` package's
 parser (``onnx.ModelProto.FromString``, then the same seal check on the bytes) was measured in
-its place (2-core CPU shared with other jobs, fresh processes each reading and verifying a
-0.6 MB export's header, wall time, 10 runs each): 0.32-0.52 s with the walker against
-1.19-2.21 s with ``onnx``, whose import alone takes 0.7-1.5 s (``python -X importtime``:
-mostly ``ml_dtypes``), where a whole ``cxr predict model.onnx`` of one image takes 0.9-1.1 s.
-The package would about double the cold start of every ONNX prediction, so the walker stays
+its place by ``bench/onnx_header_read.py`` (idle 2-core AMD EPYC, 2026-12-07, fresh processes
+each reading and verifying a header, median of 10): 0.13 s with the walker against 0.75 s with
+``onnx`` for a 0.6 MB export, 0.16 s against 0.79 s for DenseNet-121 (26.5 MB); ``import
+onnx`` alone is most of it (``python -X importtime``: mostly ``ml_dtypes``), where a whole
+``cxr predict model.onnx`` of one image takes about 1 s (BENCHMARKS.md).
+The package would add about 0.6 s (some 60 %) to the cold start of every ONNX prediction,
+so the walker stays
 (and ``cxr predict model.onnx`` imports neither onnx nor torch); this module imports only the
 standard library, numpy and the header's records.
 """
