@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -294,17 +293,6 @@ def measure(m: dict) -> dict:
     raise RuntimeError(f"measurement {m} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -339,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         child(args.child)
         return
     sys.path.insert(0, str(HERE))
+    from _common import cpu_model
     from gpu_train_throughput import phantom_cache
 
     work = args.work_dir
