@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from cxr.errors import CxrError
 from cxr.training.callbacks import TrainingCallback
 from cxr.tuning.space import SearchSpace
 
@@ -144,8 +146,13 @@ def run_trial(
         value, state = float(result.best_auc), TrialState.COMPLETE
     except optuna.TrialPruned:
         state = TrialState.PRUNED
-    except Exception as err:  # noqa: BLE001 (any failure of one trial; the study goes on)
+    except CxrError as err:  # bad input for this trial (a setting, a file): its one line
         state, reason = TrialState.FAIL, one_line(err)
+        _free_memory()
+    except Exception as err:  # noqa: BLE001 (any failure of one trial; the study goes on)
+        # not a user error: the same one line, and the traceback in the trial's log
+        state, reason = TrialState.FAIL, one_line(err)
+        _log_to(run_dir / "tune.log")(traceback.format_exc().rstrip())
         _free_memory()
     trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
     if reason is not None:
