@@ -2,7 +2,8 @@
 :func:`add_parsers`).
 
 ``cxr predict MODEL IMAGE|FOLDER... [--format text|json|csv] [--out FILE] [--tta]
-[--explain OUTDIR [--top-k 3 | --explain-labels A,B] [--method gradcam|gradcam++]]``
+[--explain OUTDIR [--top-k 3 | --explain-labels A,B] [--method gradcam|gradcam++]]
+[--dicom-out DIR]``
     probabilities of every label for PNG, JPEG and DICOM files (folders searched
     recursively), preprocessed as in training. Exit code 0: every image was predicted;
     1: some file was unreadable (reported by name and skipped); 2: bad usage or model.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr import RESEARCH_NOTICE
 from cxr.choices import OUTPUT_FORMATS
@@ -29,6 +31,9 @@ from cxr.cli.options import (
     add_run_options,
     run_settings,
 )
+
+if TYPE_CHECKING:
+    from cxr.inference import PredictionResult, Predictor
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,6 +84,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "--explain-labels",
         metavar="A,B",
         help="explain these labels instead of the top K (comma-separated)",
+    )
+    p.add_argument(
+        "--dicom-out",
+        type=Path,
+        metavar="DIR",
+        help="write a DICOM SR (TID 1500) and a Secondary Capture with the heatmap per DICOM "
+        "input into DIR (research use only; needs cxr[dicom-node])",
     )
     add_cam_method(p)
     p.add_argument(
@@ -165,6 +177,13 @@ def run_predict(args: argparse.Namespace) -> int:
             **keywords(args, "device", "tta", "batch_size", "precision"),
         )
     labels = parse_list(args.explain_labels, "--explain-labels")
+    if args.dicom_out is not None:
+        if args.raw:
+            raise CLIError(
+                "--dicom-out writes calibrated probabilities: leave out --raw for DICOM results"
+            )
+        if args.top_k < 1:
+            raise CLIError(f"--top-k must be 1 or more, got {args.top_k}")
     if args.explain is not None:
         unknown = [x for x in labels or () if x not in predictor.labels]
         if unknown:
@@ -218,7 +237,32 @@ def run_predict(args: argparse.Namespace) -> int:
             f"wrote {len(written)} explanation PNG(s) ({args.method}) to {args.explain}",
             file=sys.stderr,
         )
+    if args.dicom_out is not None and result.predicted:
+        _write_dicom_out(predictor, result, args.dicom_out, top_k, args.method)
     return EXIT_OK if result.all_succeeded else EXIT_FOUND
+
+
+def _write_dicom_out(
+    predictor: Predictor, result: PredictionResult, out_dir: Path, top_k: int, method: str
+) -> None:
+    """``--dicom-out DIR``: the SR and SC of each predicted DICOM input, notes on stderr."""
+    from cxr.dicomout.from_prediction import write_dicom_results
+    from cxr.images import ImageReadError
+
+    notes: list[str] = []
+    try:
+        written = write_dicom_results(
+            predictor, result, out_dir, top_k=top_k, method=method, skipped=notes
+        )
+    except (OSError, ImageReadError) as err:
+        raise CLIError(f"cannot write DICOM results to {out_dir}: {err}") from None
+    for note in notes:
+        print(f"cxr predict: --dicom-out: {note}", file=sys.stderr)
+    print(
+        f"wrote {len(written) // 2} DICOM SR and {len(written) // 2} SC file(s) to {out_dir} "
+        f"({RESEARCH_NOTICE})",
+        file=sys.stderr,
+    )
 
 
 def run_localize(args: argparse.Namespace) -> int:

@@ -11,6 +11,9 @@
   (:func:`build_sc`, :func:`write_sc`).
 - :mod:`cxr.dicomout.uids`: UIDs derived from the source SOP Instance UID and the model's
   SHA-256 (a re-sent image gives the same objects).
+- :mod:`cxr.dicomout.from_prediction`: :func:`write_dicom_results`, the SR and the SC of
+  every DICOM image of a :class:`cxr.inference.PredictionResult` (``cxr predict
+  --dicom-out``); imported from there, not here (it imports the heatmap code).
 
 highdicom (the ``dicom-node`` extra: ``pip install 'cxr[dicom-node]'``) is imported only
 when an object is built; without it the builders raise :class:`MissingExtraError`.

@@ -86,6 +86,18 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
 
 
+def unique_stem(path: str | Path, used: set[str]) -> str:
+    """The file name of ``path`` without suffix, reduced as :func:`explanation_file` does,
+    with ``-2``, ``-3``... when ``used`` holds it already; the result is added to ``used``."""
+    stem = _safe(Path(path).stem)
+    base, k = stem, 1
+    while base in used:
+        k += 1
+        base = f"{stem}-{k}"
+    used.add(base)
+    return base
+
+
 def explanation_file(out_dir: Path, stem: str, label: str) -> Path:
     """``OUT_DIR/STEM_LABEL.png``, each part reduced to letters, digits, ``.``, ``_``, ``-``."""
     return Path(out_dir) / f"{_safe(stem)}_{_safe(label)}.png"
@@ -129,12 +141,7 @@ def write_explanations(
     used: set[str] = set()
     for it in result.predicted:
         image = predictor.preprocess(it.path)
-        stem = _safe(Path(it.path).stem)
-        base, k = stem, 1
-        while base in used:
-            k += 1
-            base = f"{stem}-{k}"
-        used.add(base)
+        base = unique_stem(it.path, used)
         for ex in heatmaps(image, labels=labels, top_k=top_k, method=method):
             path = save_explanation_png(
                 explanation_file(Path(out_dir), base, ex.label),
