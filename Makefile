@@ -22,7 +22,8 @@ demo: install
 	$(BIN)/cxr demo
 
 # Lint, types and layers: ruff (rules and line length in pyproject.toml), ruff's formatter,
-# mypy on src/cxr (strict for serving, tuning, tracking, export and inference), and
+# mypy on src/cxr (strict for serving, tuning, tracking, export, inference, modelformat,
+# gate and dicomout), and
 # import-linter's contracts (the layers of the README's Architecture section, no cycles).
 # Any finding fails `make lint`, and so `make test`.
 lint: install
@@ -71,7 +72,7 @@ postgresql:
 # validator (package dicom3tools). Installed once with apt-get when run as root; otherwise
 # it stops and says what to do. CXR_SKIP_DCIODVFY=1 skips those checks.
 dicom3tools:
-	@if [ -n "$$CXR_SKIP_DCIODVFY" ]; then exit 0; fi; \
+	@if [ "$$CXR_SKIP_DCIODVFY" = 1 ]; then exit 0; fi; \
 	if command -v dciodvfy >/dev/null 2>&1; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing dicom3tools (dciodvfy) for the tests of the DICOM results (apt-get)"; \

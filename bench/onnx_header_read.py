@@ -20,14 +20,13 @@ Wall seconds per process (median, min, max) and the machine load are printed as 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from _common import load_average, machine_line, markdown
+from _common import command_times, load_average, machine_line, markdown
 
 WALKER = (
     "import sys\n"
@@ -68,15 +67,6 @@ def export(backbone: str, folder: Path) -> Path:
     return out
 
 
-def wall(code: str | None, path: Path) -> float:
-    import time
-
-    cmd = [sys.executable, "-c", code or "pass", str(path)]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=10)
@@ -92,7 +82,9 @@ def main() -> None:
         times: dict[str, list[float]] = {"python": [], "walker": [], "onnx": []}
         for _ in range(args.repeat):
             for name, code in (("python", None), ("walker", WALKER), ("onnx", ONNX)):
-                times[name].append(wall(code, path))
+                times[name].append(
+                    float(command_times([sys.executable, "-c", code or "pass", str(path)], 1)[0])
+                )
         mb = path.stat().st_size / 2**20
         for name, values in times.items():
             t = np.array(values)

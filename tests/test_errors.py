@@ -24,9 +24,6 @@ INTERNAL = {
     # KeyboardInterrupt carrying the "run the same command to continue" message of an
     # interrupted training run: control flow for Ctrl-C, reported by the CLI's own handler.
     "cxr.training.loop.TrainingInterrupted",
-    # raised inside a trial (NaN loss or AUC) and recorded by the tuner as a failed trial;
-    # it never leaves `cxr tune`.
-    "cxr.tuning.trial.TrialFailed",
     # the service's micro-batcher: a full queue (server load, answered 503 with Retry-After)
     # and a stopped batcher (shutting down); both turned into HTTP answers by the service.
     "cxr.serving.batching.QueueFull",

@@ -123,13 +123,10 @@ def _info(path: Path, meta: dict[str, Any], signature: dict[str, Any] | None) ->
     )
 
 
-def _read_verified(
-    path: Path, check_signature: bool = True
-) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
-    """The file's metadata and its tensors, verified (digest, and signature unless
-    ``check_signature`` is False)."""
+def _read_verified(path: Path) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
+    """The file's metadata and its tensors, verified (digest and signature)."""
     raw, meta, signature = read_raw(path)
-    tensors = read_tensors(path, raw, meta, signature, check_signature)
+    tensors = read_tensors(path, raw, meta, signature)
     return _info(path, meta, signature), tensors
 
 

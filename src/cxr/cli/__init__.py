@@ -2,10 +2,11 @@
 
 Every sub-command parses its arguments, calls library functions and prints their result;
 one module per command group (:mod:`~cxr.cli.data`, :mod:`~cxr.cli.train`,
-:mod:`~cxr.cli.evaluate`, :mod:`~cxr.cli.predict`, :mod:`~cxr.cli.demo`), the shared
-options and exit codes in :mod:`cxr.cli._common`. Errors in the user's input (a bad file,
-a wrong option) are printed as one line naming what was wrong, with exit code 2; set
-``CXR_DEBUG=1`` to see the traceback instead.
+:mod:`~cxr.cli.evaluate`, :mod:`~cxr.cli.predict`, :mod:`~cxr.cli.demo`), the exit codes
+and the CLI error in :mod:`cxr.cli._common`, the shared option groups in
+:mod:`cxr.cli.options`. Errors in the user's input (a bad file, a wrong option) are printed
+as one line naming what was wrong, with exit code 2; set ``CXR_DEBUG=1`` to see the
+traceback instead.
 """
 
 from __future__ import annotations

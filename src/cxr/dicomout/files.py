@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from cxr.modelformat.atomic import write_atomic
 
 __all__ = ["save_dataset"]
 
 
 def save_dataset(dataset: Any, path: str | os.PathLike[str]) -> Path:
-    """Write a pydicom Dataset as a DICOM file (with its file meta header) atomically: a
-    temporary file in the same folder, then a rename, so a crash never leaves half a file.
-    Returns the path."""
+    """Write a pydicom Dataset as a DICOM file (with its file meta header) atomically
+    (:func:`cxr.modelformat.atomic.write_atomic`: a temporary file in the same folder,
+    flushed, then a rename), so a crash never leaves half a file. Returns the path."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            dataset.save_as(fh, enforce_file_format=True)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, buffer.getvalue())
     return target

@@ -16,7 +16,6 @@ Research use only: cxr is not a medical device and its outputs are not a diagnos
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,47 +27,19 @@ from cxr import __version__
 from cxr.dicomout.record import DicomOutError, ImageResult, format_pair
 from cxr.dicomout.sc import write_sc
 from cxr.dicomout.sr import write_sr
-from cxr.explain import CamUnavailable, explainer_for, overlay, resize_bilinear
+from cxr.explain import CamUnavailable, explainer_for, overlay
+from cxr.explain.frame import heatmap_to_image
 from cxr.explain.writer import unique_stem
 from cxr.images import is_dicom, read_gray
+from cxr.modelformat.filehash import file_sha256
 
 if TYPE_CHECKING:
     from cxr.inference import ImagePrediction, PredictionResult, Predictor
 
-__all__ = ["MAX_TILE_SIDE", "file_sha256", "overlay_tiles", "write_dicom_results"]
+__all__ = ["MAX_TILE_SIDE", "overlay_tiles", "write_dicom_results"]
 
 #: The longest side (pixels) of one overlay tile of the SC; larger images are scaled down.
 MAX_TILE_SIDE = 1024
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 (64 lower-case hex digits) of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _heat_on_image(heat: np.ndarray, shape: tuple[int, int], fit: str) -> np.ndarray:
-    """A heatmap float (S, S) over the fitted square -> float32 (H, W) over the image
-    (``shape`` = (H, W)), inverting the preprocessing's fit: ``pad`` scaled the longer
-    side to S and centred it (the padding is cut off), ``crop`` kept the centred square of
-    side min(H, W) (the cut-off sides get 0)."""
-    h, w = shape
-    s = heat.shape[0]
-    if fit == "crop":
-        side = min(h, w)
-        out = np.zeros((h, w), np.float32)
-        top, left = (h - side) // 2, (w - side) // 2
-        out[top : top + side, left : left + side] = resize_bilinear(heat[None], (side, side))[0]
-        return out
-    scale = s / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    y0, x0 = (s - new_h) // 2, (s - new_w) // 2
-    region = heat[y0 : y0 + new_h, x0 : x0 + new_w]
-    resized: np.ndarray = resize_bilinear(region[None], (h, w))[0]
-    return resized
 
 
 def _caption(tile: np.ndarray, text: str) -> np.ndarray:
@@ -116,7 +87,7 @@ def overlay_tiles(
     if not heatmaps:
         return np.repeat(gray[..., None], 3, axis=2)
     tiles = [
-        _caption(overlay(gray, _heat_on_image(np.asarray(hm, np.float32), (h, w), fit)), text)
+        _caption(overlay(gray, heatmap_to_image(hm, (h, w), fit)), text)
         for hm, text in zip(heatmaps, captions, strict=True)
     ]
     return np.concatenate(tiles, axis=1)
@@ -179,12 +150,14 @@ def write_dicom_results(
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise DicomOutError(f"top_k must be an integer >= 1, got {top_k!r}")
     notes = skipped if skipped is not None else []
-    dicoms = [it for it in result.predicted if is_dicom(it.path)]
-    notes.extend(
-        f"{it.path}: not a DICOM file (an SR and an SC must reference a source DICOM image)"
-        for it in result.predicted
-        if not is_dicom(it.path)
-    )
+    dicoms = []
+    for it in result.predicted:
+        if is_dicom(it.path):
+            dicoms.append(it)
+        else:
+            notes.append(
+                f"{it.path}: not a DICOM file (an SR and an SC must reference a source DICOM image)"
+            )
     if not dicoms:
         return []
     try:
@@ -198,7 +171,7 @@ def write_dicom_results(
                 f"the {predictor.backend.name} backend makes no heatmaps: the SCs show the "
                 "images without overlay"
             )
-    sha = file_sha256(predictor.path)
+    sha, _ = file_sha256(predictor.path)
     out = Path(out_dir)
     written: list[Path] = []
     used: set[str] = set()
@@ -210,11 +183,11 @@ def write_dicom_results(
         captions: list[str] = []
         if explainer is not None and not record.not_chest:
             k = min(top_k, len(result.labels))
-            chosen = [result.labels[i] for i in np.argsort(-probs, kind="stable")[:k]]
+            top = np.argsort(-probs, kind="stable")[:k]
+            chosen = [result.labels[i] for i in top]
             found = explainer(predictor.preprocess(it.path), labels=chosen, method=method)
             by_label = {ex.label: ex for ex in found}
-            for name in chosen:
-                i = result.labels.index(name)
+            for i, name in zip(top, chosen, strict=True):
                 p, _ = format_pair(float(probs[i]), result.thresholds.get(name))
                 heatmaps.append(by_label[name].heatmap)
                 captions.append(f"{name}  p={p}")

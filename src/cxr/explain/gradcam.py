@@ -97,8 +97,8 @@ def grad_cam_maps(
         handle.remove()
         model.train(was_training)
     heatmaps, constant = heatmaps_from_gradients(
-        acts.detach().double().cpu().numpy(),
-        grads.detach().double().cpu().numpy(),
+        acts.detach().float().cpu().numpy(),
+        grads.detach().float().cpu().numpy(),
         method,
         tuple(x.shape[-2:]),
     )

@@ -69,8 +69,10 @@ def heatmaps_from_gradients(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps float32 (B, H, W) in [0, 1] at ``size`` = (H, W) and the constant flags
     bool (B,) (a constant map is all zeros), from activations and gradients (B, C, h, w)."""
-    acts = np.asarray(acts, dtype=np.float64)
-    grads = np.asarray(grads, dtype=np.float64)
+    # the callers' precision: float32 from torch (as Grad-CAM always ran), float64 from ONNX
+    dtype = np.result_type(np.asarray(acts).dtype, np.asarray(grads).dtype, np.float32)
+    acts = np.asarray(acts, dtype=dtype)
+    grads = np.asarray(grads, dtype=dtype)
     weights = channel_weights(acts, grads, method)
     cam = _resize(np.maximum((weights[:, :, None, None] * acts).sum(axis=1), 0.0), size)
     lo = cam.min(axis=(1, 2), keepdims=True)

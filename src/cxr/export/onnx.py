@@ -44,6 +44,7 @@ from cxr.modelformat.onnx_metadata import (
     require,
     seal,
 )
+from cxr.modelformat.safetensors_file import read_raw
 
 if TYPE_CHECKING:
     from cxr.modelfile import LoadedModel
@@ -166,14 +167,9 @@ def _source_record(loaded: LoadedModel) -> dict[str, Any]:
     path = Path(loaded.path)
     record: dict[str, Any] = {"file": path.name or None, "cxr_version": loaded.cxr_version}
     if path.name and path.is_file():
-        from cxr.modelfile import read_model_info
-
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        record["sha256"] = digest.hexdigest()
-        record["integrity_sha256"] = read_model_info(path).sha256
+        raw, meta, _ = read_raw(path)  # the header as written, without checking it again
+        record["sha256"] = hashlib.sha256(raw).hexdigest()
+        record["integrity_sha256"] = str(meta.get("sha256", ""))
     return record
 
 

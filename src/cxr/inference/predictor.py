@@ -155,7 +155,7 @@ class Predictor:
 
     def predict_arrays_ood(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities float32 (B, L) (as :meth:`predict_arrays`) and the not-a-chest-X-ray
-        scores float64 (B,) of the model's gate (:mod:`cxr.ood`; ``gate.flags(scores)``
+        scores float64 (B,) of the model's gate (:class:`cxr.gate.OodGate`; ``gate.flags(scores)``
         marks the out-of-distribution images), or None when the model file has no gate.
         One forward pass per batch; with TTA the features are the original view's."""
         images = self.preprocessing.check_pixels(images)

@@ -23,7 +23,7 @@ class ImagePrediction:
     """One input file: probabilities float32 (L,) in model label order, or why it failed
     (``reason``: an :class:`~cxr.images.ImageReadError` reason, ``detail``: free text).
 
-    ``ood_score`` / ``ood_flag``: the not-a-chest-X-ray check (:mod:`cxr.ood`): its score
+    ``ood_score`` / ``ood_flag``: the not-a-chest-X-ray check (:mod:`cxr.gate`): its score
     and whether the image is out of distribution; None when the model file has no gate."""
 
     path: str

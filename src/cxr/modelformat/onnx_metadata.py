@@ -282,12 +282,12 @@ def read_onnx(path: str | os.PathLike[str]) -> tuple[OnnxInfo, bytes]:
             "failed its integrity check (SHA-256 mismatch): the graph, weights or metadata "
             "were changed after export (tampered, corrupted or re-saved); use an intact copy",
         )
+    key = signing_key()
     try:
-        signed = verify_signature(expected, record.get("signature"), signing_key())
+        signed = verify_signature(expected, record.get("signature"), key)
     except SigningError as exc:
         raise SigningError(f"model file {path}: {exc}") from None
-    key = signing_key() if signed else None
-    return _info(path, entries, expected, key_id(key) if key else ""), raw
+    return _info(path, entries, expected, key_id(key) if signed and key else ""), raw
 
 
 def _info(path: Path, entries: Mapping[str, str], digest: str, signed_by: str) -> OnnxInfo:

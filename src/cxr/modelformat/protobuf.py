@@ -3,7 +3,7 @@
 An ONNX file is a serialised ``ModelProto``. cxr reads only its top-level fields (the graph's
 presence and the ``metadata_props`` entries) and appends one entry (the integrity seal), so
 this walker of top-level fields replaces the ``onnx`` package on the path that runs a model:
-``import onnx`` costs about 1 s of cold start (measured: see
+``import onnx`` costs about 0.6 s of cold start (measured: see
 :mod:`cxr.modelformat.onnx_metadata`), and ``cxr predict model.onnx`` imports neither onnx nor
 torch. Standard library only.
 """

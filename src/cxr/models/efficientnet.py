@@ -56,7 +56,7 @@ class SamePadConv2d(nn.Conv2d):
         if pads[0] == pads[1] and pads[2] == pads[3]:
             # symmetric (every stride-1 kxk conv): the convolution pads by itself, with no
             # padded copy of the input and no slicing of its gradient (3-4% of a Lite0
-            # training step on a CPU); the same zeros and sums, bit-identical results
+            # training step on a CPU); the same zeros and sums (numerically equivalent)
             return F.conv2d(
                 x,
                 self.weight,

@@ -7,12 +7,10 @@ Research use only: nothing the service answers is a diagnosis.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import platform
 from collections.abc import Mapping, Sequence
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 from cxr import RESEARCH_NOTICE, __version__
 from cxr.choices import CAM_METHODS
 from cxr.inference import ImagePrediction, PredictionResult, Predictor
+from cxr.modelformat.filehash import file_sha256
 from cxr.serving.settings import ServeSettings
 
 __all__ = ["json_safe", "model_info", "ood_report", "prediction_body"]
@@ -99,16 +98,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _sha256(path: Path) -> tuple[str, int]:
-    """(SHA-256 hex digest, size in bytes) of a file."""
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
-
-
 def model_info(
     predictor: Predictor, settings: ServeSettings, no_explanations: str | None
 ) -> dict[str, Any]:
@@ -117,7 +106,7 @@ def model_info(
     explanations (``no_explanations``: None when there are, else why not) and the
     not-a-chest-X-ray check are available, the limits, and the research-use notice."""
     p, backend = predictor, predictor.backend
-    sha, n_bytes = _sha256(p.path)
+    sha, n_bytes = file_sha256(p.path)
     loaded = getattr(backend, "loaded", None)
     describe = {k: v for k, v in backend.describe().items() if k != "path"}
     head = getattr(p.spec, "head", None)

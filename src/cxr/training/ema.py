@@ -31,7 +31,7 @@ class ModelEMA:
         source = dict(_tensors(model))
         floats_ema, floats_new, others_ema, others_new = [], [], [], []
         for name, value in _tensors(self.module):
-            new = source[name].detach()
+            new = source[name]
             if value.is_floating_point():
                 floats_ema.append(value)
                 floats_new.append(new)

@@ -17,6 +17,7 @@ interrupted and tries its values again (:mod:`cxr.tuning.study`).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
@@ -42,8 +43,9 @@ __all__ = ["PruningCallback", "TrialFailed", "one_line", "run_trial", "trial_dir
 REASON_CHARS = 300
 
 
-class TrialFailed(RuntimeError):
-    """A trial cannot give a value (NaN loss or AUC); the message says why."""
+class TrialFailed(CxrError, RuntimeError):
+    """A trial cannot give a value (NaN loss or AUC: settings that do not learn); the
+    message says why. Recorded as the trial's failure, without a traceback."""
 
 
 def one_line(error: BaseException) -> str:
@@ -152,7 +154,8 @@ def run_trial(
     except Exception as err:  # noqa: BLE001 (any failure of one trial; the study goes on)
         # not a user error: the same one line, and the traceback in the trial's log
         state, reason = TrialState.FAIL, one_line(err)
-        _log_to(run_dir / "tune.log")(traceback.format_exc().rstrip())
+        with contextlib.suppress(OSError):  # a trial folder that cannot be written
+            _log_to(run_dir / "tune.log")(traceback.format_exc().rstrip())
         _free_memory()
     trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
     if reason is not None:
