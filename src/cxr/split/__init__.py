@@ -10,11 +10,14 @@ The leakage check lives in :mod:`cxr.leakage`.
 """
 
 from cxr.split.common import DEFAULT_FRACTIONS
+from cxr.split.folds import MAX_FOLDS, patient_folds
 from cxr.split.stratify import split_by_patient
 from cxr.split.tables import save_split, split_summary, split_tables
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "MAX_FOLDS",
+    "patient_folds",
     "save_split",
     "split_by_patient",
     "split_summary",
