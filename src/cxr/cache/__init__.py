@@ -22,13 +22,15 @@ Modules: :mod:`~cxr.cache.preparing` (the :func:`prepare` job),
 :mod:`~cxr.cache.manifest` (fingerprints, the state on disk, resuming),
 :mod:`~cxr.cache.workers` (the decoding processes), :mod:`~cxr.cache.summary` (settings and
 the run's summary), :mod:`~cxr.cache.batches` (:class:`CacheBatches`: batches of a cache
-for training and prediction). Reading a complete cache: :class:`PreparedCache`
-(:mod:`cxr.prepared_cache`). Importing this package does not import torch (the batch
-loader does: ``from cxr.cache.batches import CacheBatches``).
+for training and prediction), :mod:`~cxr.cache.subset` (:func:`write_subset`: a cache
+of some rows of another, e.g. cross-validation folds). Reading a complete cache:
+:class:`PreparedCache` (:mod:`cxr.prepared_cache`). Importing this package does not
+import torch (the batch loader does: ``from cxr.cache.batches import CacheBatches``).
 """
 
 from cxr.cache.manifest import file_stamps
 from cxr.cache.preparing import prepare
+from cxr.cache.subset import cache_digest, write_subset
 from cxr.cache.summary import PrepareSettings, PrepareSummary
 from cxr.prepared_cache import (
     FORMAT_VERSION,
@@ -48,6 +50,8 @@ __all__ = [
     "PrepareSettings",
     "PrepareSummary",
     "PreparedCache",
+    "cache_digest",
     "file_stamps",
     "prepare",
+    "write_subset",
 ]

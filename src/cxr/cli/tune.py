@@ -8,6 +8,7 @@ is searched. Running the same command again continues the study.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from cxr.cli.options import (
     add_train_caches,
 )
 from cxr.cli.train import _threads, add_training_settings, config_from_args
+from cxr.split import MAX_FOLDS
+from cxr.training.config import TrainConfig
 
 #: Pruner names (cxr.tuning.study.PRUNERS; repeated here so that the parser imports no Optuna).
 _PRUNERS = ("hyperband", "median", "none")
@@ -38,7 +41,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "optimisation_history.png and param_importances.png, rewritten after every trial. "
         "Run the same command again to continue a stopped study, or in several terminals or "
         "machines at once (with a shared --storage) to search in parallel. The base config "
-        "takes every cxr train option, or --config; --seed also seeds the sampler.",
+        "takes every cxr train option (its --folds as --probe-folds), or --config; --seed also "
+        "seeds the sampler. With --folds K each trial is scored by K-fold cross-validation over "
+        "TRAIN_CACHE instead (VAL_CACHE is then not used and may be left out).",
     )
     add_train_caches(p)
     s = p.add_argument_group("search")
@@ -73,7 +78,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--pruner",
         choices=_PRUNERS,
         default="hyperband",
-        help="stop poor trials early on their per-epoch validation AUC (default: hyperband)",
+        help="stop poor trials early on their per-epoch validation AUC (with --folds: on the "
+        "running mean after each fold) (default: hyperband)",
     )
     s.add_argument(
         "--force-config",
@@ -90,11 +96,48 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_config(s, "base settings")
     add_threads(s)
     add_training_settings(p, "base ")
+    _add_folds(s)
+
+
+def _add_folds(s: argparse._ArgumentGroup) -> None:
+    """``--folds K``: cross-validated trials. It takes the flag from the base config's
+    ``folds`` (cxr train --folds: a probe recipe's ensemble), which ``cxr tune`` offers as
+    ``--probe-folds`` instead."""
+    s.conflict_handler = "resolve"  # the training option of that name gives way in cxr tune
+    s.add_argument(
+        "--folds",
+        dest="cv_folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="score each trial by K-fold cross-validation over TRAIN_CACHE (K from 2 to 20): "
+        "patient-level folds, made once per study (DIR/folds.csv, DIR/folds/), each held out "
+        "once while the other K-1 train; the trial's value is the mean held-out macro AUC "
+        "(each fold's AUC is recorded in trials.csv) and the pruner may stop a trial after any "
+        "fold. VAL_CACHE is not used to choose and may be left out; a study keeps its K. "
+        "Costs K trainings per trial and K-1 copies of TRAIN_CACHE on disk "
+        "(default: 0, one training per trial scored on VAL_CACHE)",
+    )
+    s.conflict_handler = "error"
+    if "folds" in {f.name for f in dataclasses.fields(TrainConfig)}:
+        s.add_argument(
+            "--probe-folds",
+            dest="folds",
+            type=int,
+            default=None,
+            metavar="K",
+            help="the base config's folds (what cxr train --folds sets: with --recipe probe, one "
+            "model of K probes fitted on K-1 of K patient folds); not --folds, which "
+            "cross-validates the trials",
+        )
 
 
 def _check_cache(path: Path | None, what: str) -> Path:
     if path is None:
-        raise CLIError("give TRAIN_CACHE and VAL_CACHE (folders made by `cxr prepare`)")
+        raise CLIError(
+            "give TRAIN_CACHE and VAL_CACHE (folders made by `cxr prepare`; VAL_CACHE may be "
+            "left out with --folds K)"
+        )
     if not (path / "manifest.json").is_file():
         raise CLIError(
             f"{what} {path} is not a prepared cache (no manifest.json); make one with `cxr prepare`"
@@ -105,8 +148,15 @@ def _check_cache(path: Path | None, what: str) -> Path:
 def run_tune(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("optuna") is None:
         raise CLIError("cxr tune needs Optuna: pip install 'cxr[tune]'")
+    folds = args.cv_folds
+    if folds < 0 or folds > MAX_FOLDS:
+        raise CLIError(
+            f"--folds must be from 2 to {MAX_FOLDS} (or 0: score on VAL_CACHE), got {folds}"
+        )
     train_cache = _check_cache(args.train_cache, "TRAIN_CACHE")
-    val_cache = _check_cache(args.val_cache, "VAL_CACHE")
+    val_cache = None
+    if folds < 2 or args.val_cache is not None:
+        val_cache = _check_cache(args.val_cache, "VAL_CACHE")
     if args.trials is None:
         raise CLIError("give --trials N, the study's total number of trials")
     if args.trials < 1:
@@ -137,6 +187,7 @@ def run_tune(args: argparse.Namespace) -> int:
         val_cache,
         args.out,
         args.trials,
+        folds=folds,
         space=space,
         storage=args.storage,
         study_name=args.study.strip(),

@@ -11,6 +11,8 @@ Example::
 Modules: :mod:`~cxr.tuning.space` (what is searched, the YAML space file),
 :mod:`~cxr.tuning.study` (storage, workers, kills, the search loop),
 :mod:`~cxr.tuning.trial` (one trial: a training run with pruning),
+:mod:`~cxr.tuning.crossval` (``folds=K``: trials scored by patient-level K-fold
+cross-validation over the training cache),
 :mod:`~cxr.tuning.params` (one parameter, a space file's entry),
 :mod:`~cxr.tuning.records` (kinds and counts of trials), :mod:`~cxr.tuning.outputs` and
 :mod:`~cxr.tuning.figures` (the output folder).

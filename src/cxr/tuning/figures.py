@@ -74,7 +74,7 @@ def history_png(trials: Sequence[FrozenTrial]) -> bytes:
         ax.step(steps_x, steps_y, where="post", color="C3", label="best so far")
     if pruned:
         ends = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
-        ax.plot([t.number for t in pruned], ends, "x", color="0.5", label="pruned (last epoch)")
+        ax.plot([t.number for t in pruned], ends, "x", color="0.5", label="pruned (last report)")
     if failed:
         ax.plot(
             [t.number for t in failed],

@@ -3,7 +3,8 @@
 leave half a file)::
 
     trials.csv                 one row per trial: number, state, value, seconds,
-                               fail_reason, retry_of, epochs, run_dir, then the parameters
+                               fail_reason, retry_of, epochs, run_dir, (with --folds:
+                               fold_aucs, fold_auc_sd), then the parameters
     best_config.yaml           the best trial's full TrainConfig (cxr train --config)
     best_trial.json            the best trial: number, value, parameters, run folder
     optimisation_history.png   value per trial and best so far
@@ -21,7 +22,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from cxr.training.config import TrainConfig
-from cxr.tuning.records import best_of, seconds, trials_csv
+from cxr.tuning.records import best_of, epochs, seconds, trials_csv
 
 __all__ = [
     "BEST_CONFIG",
@@ -51,19 +52,20 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 def _best_json(best: FrozenTrial, study_name: str) -> str:
-    return json.dumps(
-        {
-            "study": study_name,
-            "number": best.number,
-            "value": best.value,
-            "params": best.params,
-            "run_dir": best.user_attrs.get("run_dir"),
-            "host": (best.user_attrs.get("worker") or {}).get("host"),
-            "epochs": len(best.intermediate_values),
-            "seconds": seconds(best),
-        },
-        indent=2,
-    )
+    record = {
+        "study": study_name,
+        "number": best.number,
+        "value": best.value,
+        "params": best.params,
+        "run_dir": best.user_attrs.get("run_dir"),
+        "host": (best.user_attrs.get("worker") or {}).get("host"),
+        "epochs": epochs(best),
+        "seconds": seconds(best),
+    }
+    if best.user_attrs.get("cv_folds"):  # value: the mean held-out macro AUC of the folds
+        for key in ("cv_folds", "fold_aucs", "fold_auc_sd"):
+            record[key] = best.user_attrs.get(key)
+    return json.dumps(record, indent=2)
 
 
 def write_outputs(

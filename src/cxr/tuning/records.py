@@ -11,6 +11,11 @@ Kinds of trial (:func:`kind`), from Optuna's states and the user attributes cxr 
 - ``surplus``: asked for by a worker that lost the race for the study's last slot (user
   attribute ``surplus``); not counted, not shown;
 - ``running`` (counted: a live worker trains it), ``waiting`` (enqueued, not started).
+
+A cross-validated trial (user attribute ``cv_folds``, :mod:`cxr.tuning.crossval`) reports
+once per fold: its lines say folds where a plain trial's say epochs, and ``trials.csv``
+gets the columns ``fold_aucs`` (the held-out macro AUC of each fold done, ``;``-separated)
+and ``fold_auc_sd`` (their standard deviation) when any trial has them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ __all__ = [
     "Counts",
     "best_of",
     "count",
+    "epochs",
+    "fold_detail",
     "kind",
     "seconds",
     "trial_line",
@@ -115,15 +122,37 @@ def seconds(trial: FrozenTrial) -> float | None:
     return None
 
 
+def epochs(trial: FrozenTrial) -> int:
+    """Epochs the trial trained: its ``epochs`` attribute (all folds of a cross-validated
+    trial), else the number of reported values (one per epoch)."""
+    got = trial.user_attrs.get("epochs")
+    return int(got) if isinstance(got, int) else len(trial.intermediate_values)
+
+
+def fold_detail(trial: FrozenTrial) -> str:
+    """A cross-validated trial's fold AUCs and their spread, e.g. ``mean of 3 folds: 0.812,
+    0.795, 0.830; sd 0.018`` ("" for a plain trial)."""
+    aucs = trial.user_attrs.get("fold_aucs")
+    if not trial.user_attrs.get("cv_folds") or not isinstance(aucs, list) or not aucs:
+        return ""
+    sd = trial.user_attrs.get("fold_auc_sd")
+    text = f"mean of {len(aucs)} folds: " + ", ".join(f"{a:.3f}" for a in aucs)
+    return text + (f"; sd {sd:.3f}" if isinstance(sd, (int, float)) else "")
+
+
 def trial_line(trial: FrozenTrial, best: FrozenTrial | None = None) -> str:
     """One line about a finished trial: number, how it ended, value, time, parameters."""
     what = kind(trial)
-    epochs = len(trial.intermediate_values)
+    steps = len(trial.intermediate_values)
+    folds = trial.user_attrs.get("cv_folds")
     if what == "complete":
         status = f"complete: {trial.value:.4f}"
+        status += f" ({fold_detail(trial)})" if fold_detail(trial) else ""
     elif what == "pruned":
         last = trial.intermediate_values.get(max(trial.intermediate_values, default=0))
-        status = f"pruned after epoch {epochs}" + (f" ({last:.4f})" if last is not None else "")
+        after = f"fold {steps} of {folds}" if folds else f"epoch {steps}"
+        mean = "mean " if folds else ""
+        status = f"pruned after {after}" + (f" ({mean}{last:.4f})" if last is not None else "")
     else:
         status = f"{what}: {trial.user_attrs.get('fail_reason', INTERRUPTED)}"
     took = seconds(trial)
@@ -141,10 +170,11 @@ def trials_csv(trials: Sequence[FrozenTrial]) -> str:
     names: list[str] = []
     for t in shown:
         names += [k for k in t.params if k not in names]
+    cv = any(t.user_attrs.get("cv_folds") for t in shown)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     fixed = ["number", "state", "value", "seconds", "fail_reason", "retry_of", "epochs", "run_dir"]
-    w.writerow(fixed + names)
+    w.writerow(fixed + (["fold_aucs", "fold_auc_sd"] if cv else []) + names)
     for t in sorted(shown, key=lambda t: t.number):
         took = seconds(t)
         row = [
@@ -154,8 +184,11 @@ def trials_csv(trials: Sequence[FrozenTrial]) -> str:
             "" if took is None else f"{took:.3f}",
             t.user_attrs.get("fail_reason", INTERRUPTED if kind(t) == "interrupted" else ""),
             t.user_attrs.get("retry_of", ""),
-            len(t.intermediate_values),
+            epochs(t),
             t.user_attrs.get("run_dir", ""),
         ]
+        if cv:
+            aucs, sd = t.user_attrs.get("fold_aucs") or [], t.user_attrs.get("fold_auc_sd")
+            row += [";".join(repr(float(a)) for a in aucs), "" if sd is None else repr(float(sd))]
         w.writerow(row + [t.params.get(n, "") for n in names])
     return buf.getvalue()

@@ -3,7 +3,9 @@
 One study maximises the validation macro AUC with Optuna's TPE sampler. Every trial is a
 normal training run (:mod:`cxr.tuning.trial`) of the base config with the trial's values
 (:mod:`cxr.tuning.space`), pruned on its per-epoch AUC by Hyperband (default), the median
-rule or nothing.
+rule or nothing. With ``folds`` K >= 2 a trial is scored instead by K-fold cross-validation
+over the training cache (patient-level folds made once per study, pruned between folds;
+VAL_CACHE is not used to choose): :mod:`cxr.tuning.crossval`.
 
 ``trials`` is the study's total: trials that ended (complete, pruned, failed) plus those
 running in live workers. Running :func:`tune` again continues the study; running it in
@@ -29,8 +31,10 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from cxr.split import MAX_FOLDS
 from cxr.training.config import TrainConfig
 from cxr.tuning import outputs, records
+from cxr.tuning.crossval import CvPlan, describe_folds, plan_folds
 from cxr.tuning.space import SearchSpace
 from cxr.tuning.storage import TuneError, check_base, claim_folder, open_storage, open_study
 from cxr.tuning.trial import run_trial
@@ -55,7 +59,13 @@ class TuneResult:
     Attributes:
         counts: trials by kind (see :mod:`cxr.tuning.records`).
         best_value: the best validation macro AUC (None before a trial completes), of
-            trial ``best_trial``, trained in ``best_run_dir`` with ``best_config``.
+            trial ``best_trial``, trained in ``best_run_dir`` with ``best_config``; with
+            cross-validation the best mean held-out macro AUC, ``best_run_dir`` holding one
+            run folder per fold.
+        cv_folds: K of a cross-validated study (0: trials scored on VAL_CACHE).
+        fold_sizes: (patients, images) held out by each fold.
+        best_fold_aucs, best_fold_auc_sd: the best trial's held-out macro AUC of each fold
+            and their standard deviation.
     """
 
     out_dir: Path
@@ -66,6 +76,10 @@ class TuneResult:
     best_trial: int | None = None
     best_config: TrainConfig | None = None
     best_run_dir: Path | None = None
+    cv_folds: int = 0
+    fold_sizes: tuple[tuple[int, int], ...] = ()
+    best_fold_aucs: tuple[float, ...] = ()
+    best_fold_auc_sd: float | None = None
 
     @property
     def best_config_file(self) -> Path:
@@ -105,10 +119,11 @@ def _mlflow_parent(
 def tune(
     base_config: TrainConfig,
     train_cache: str | Path,
-    val_cache: str | Path,
+    val_cache: str | Path | None,
     out_dir: str | Path,
     trials: int,
     *,
+    folds: int = 0,
     space: SearchSpace | None = None,
     storage: str | Path | BaseStorage | None = None,
     study_name: str = "cxr",
@@ -126,10 +141,15 @@ def tune(
 
     Args:
         base_config: the settings every trial starts from.
-        train_cache, val_cache: prepared caches (``cxr prepare``).
+        train_cache, val_cache: prepared caches (``cxr prepare``); ``val_cache`` is not
+            used (and may be None) with ``folds``.
         out_dir: trial run folders (``trials/trial-NNNN``) and the study's files
             (:mod:`cxr.tuning.records`).
         trials: the study's total number of trials.
+        folds: 0 or 1: each trial trains on ``train_cache`` and is scored on ``val_cache``;
+            K from 2 to 20: scored by K-fold cross-validation over ``train_cache``
+            (:mod:`cxr.tuning.crossval`; the folds are seeded with ``seed``). A study
+            keeps its folds: continuing it with others is refused.
         space: what to search (default: :meth:`SearchSpace.default`).
         storage: see :func:`cxr.tuning.storage.open_storage` (default: the journal file
             ``out_dir/study.journal``).
@@ -149,7 +169,12 @@ def tune(
     space = space or SearchSpace.default()
     space.check(base_config)
     space, notes = space.without_inert(base_config)
-    caches = (PreparedCache(train_cache), PreparedCache(val_cache))  # opened once, shared
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 0 <= folds <= MAX_FOLDS:
+        raise TuneError(f"folds must be 0 (score on VAL_CACHE) or 2 to {MAX_FOLDS}, got {folds!r}")
+    if val_cache is None and folds < 2:
+        raise TuneError("give a validation cache (VAL_CACHE), or score by folds (--folds K)")
+    train_c = PreparedCache(train_cache)  # opened once, shared
+    val_c = PreparedCache(val_cache) if val_cache is not None and folds < 2 else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     store, where = open_storage(storage, out_dir)
@@ -158,6 +183,7 @@ def tune(
     try:
         study, created = open_study(store, study_name, where, _make_pruner(pruner))
         claim_folder(out_dir, study_name, where)
+        cv = plan_folds(study, train_c, folds, seed, out_dir, study_name, echo)
         check_base(study, base_config, study_name, out_dir, force_config, echo)
         parent = None
         if mlflow:
@@ -167,8 +193,8 @@ def tune(
         for note in notes:
             echo(note)
         search = _Search(
-            study, store, where, study_name, base_config, space, caches, out_dir, int(trials),
-            seed, parent, mlflow_experiment, echo, progress,
+            study, store, where, study_name, base_config, space, (train_c, val_c), out_dir,
+            int(trials), seed, parent, mlflow_experiment, echo, progress, cv,
         )  # fmt: skip
         return search.run(timeout)
     finally:
@@ -193,6 +219,7 @@ class _Search:
     experiment: str
     echo: Callable[[str], None]
     progress: bool
+    cv: CvPlan | None = None
 
     def run(self, timeout: float | None) -> TuneResult:
         started = time.monotonic()
@@ -202,6 +229,8 @@ class _Search:
             f"study {self.name} in {self.where}: {now.counted} of {self.trials} trials done or "
             f"running ({now.describe()}); searching {self.space.describe()}"
         )
+        if self.cv is not None:
+            self.echo(f"scoring each trial by {self.cv.describe()}")
         try:
             while True:
                 recover_stale(self.study, self.store, self.name, self.echo)
@@ -224,17 +253,21 @@ class _Search:
             self.study.get_trials(deepcopy=False), self.study, self.out_dir, self.name
         )
 
-    def _callbacks(self, number: int) -> list[Any]:
+    def _callbacks(self, number: int, fold: int | None = None) -> list[Any]:
+        """MLflow's child run of trial ``number`` (of its fold ``fold``: one per fold)."""
         if self.parent is None:
             return []
         from cxr.tracking import MLflowCallback
 
+        tags = {"cxr.study": self.name, "cxr.trial": str(number)}
+        if fold is not None:
+            tags["cxr.fold"] = str(fold)
         return [
             MLflowCallback(
                 experiment=self.experiment,
-                run_name=f"trial-{number:04d}",
+                run_name=f"trial-{number:04d}" + (f"-fold-{fold}" if fold is not None else ""),
                 parent_run_id=self.parent,
-                tags={"cxr.study": self.name, "cxr.trial": str(number)},
+                tags=tags,
                 log_model=False,
             )
         ]
@@ -254,10 +287,12 @@ class _Search:
                 study.tell(trial, state=TrialState.FAIL)
                 return False
             with heartbeat(self.store, trial._trial_id):
+                number = trial.number
                 done = run_trial(
                     study, trial, self.space, self.base, self.caches[0], self.caches[1],
                     self.out_dir / "trials", progress=self.progress,
-                    callbacks=self._callbacks(trial.number),
+                    callbacks=[] if self.cv else self._callbacks(number), cv=self.cv,
+                    fold_callbacks=lambda fold: self._callbacks(number, fold),
                 )  # fmt: skip
         self.echo(records.trial_line(done, records.best_of(study.get_trials(deepcopy=False))))
         return True
@@ -273,11 +308,14 @@ class _Search:
             log_artifacts(None, self.parent, files)
             if counts.finished >= self.trials:
                 end_run(None, self.parent, "FINISHED")
-        config, run_dir = None, None
+        config, run_dir, sd = None, None, None
+        fold_aucs: tuple[float, ...] = ()
         if best is not None:
             if isinstance(best.user_attrs.get("config"), dict):
                 config = TrainConfig.from_dict(best.user_attrs["config"])
             run_dir = best.user_attrs.get("run_dir")
+            fold_aucs = tuple(float(a) for a in best.user_attrs.get("fold_aucs") or ())
+            sd = best.user_attrs.get("fold_auc_sd")
         return TuneResult(
             out_dir=self.out_dir,
             study_name=self.name,
@@ -287,6 +325,10 @@ class _Search:
             best_trial=None if best is None else best.number,
             best_config=config,
             best_run_dir=Path(run_dir) if run_dir else None,
+            cv_folds=0 if self.cv is None else self.cv.k,
+            fold_sizes=() if self.cv is None else self.cv.sizes,
+            best_fold_aucs=fold_aucs,
+            best_fold_auc_sd=None if sd is None else float(sd),
         )
 
 
@@ -295,8 +337,22 @@ def tune_summary(result: TuneResult) -> str:
     out = result.out_dir
     counts = records.Counts(**result.counts).describe()
     lines = [f"study {result.study_name} in {result.storage}: {counts}"]
+    if result.cv_folds:
+        lines.append(f"scored by {describe_folds(result.fold_sizes)}")
     if result.best_trial is None:
         lines.append("no trial completed yet")
+    elif result.cv_folds:
+        each = ", ".join(f"{a:.4f}" for a in result.best_fold_aucs)
+        sd = result.best_fold_auc_sd
+        lines.append(
+            f"best mean held-out macro AUC {result.best_value:.4f} over {result.cv_folds} "
+            f"folds ({each}" + (f"; sd {sd:.4f}" if sd is not None else "") + f"): trial "
+            f"{result.best_trial}, one run folder per fold in {result.best_run_dir}"
+        )
+        lines.append(
+            f"best settings: {result.best_config_file} (train the final model on all of "
+            "TRAIN_CACHE: cxr train --config FILE TRAIN_CACHE VAL_CACHE)"
+        )
     else:
         lines.append(
             f"best validation macro AUC {result.best_value:.4f}: trial {result.best_trial}, "
