@@ -17,7 +17,9 @@ __all__ = [
     "OUTPUT_FORMATS",
     "POOLS",
     "PRECISIONS",
+    "RECIPES",
     "THRESHOLD_METHODS",
+    "TTA_MODES",
     "UNCERTAIN_POLICIES",
 ]
 
@@ -41,6 +43,12 @@ CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
 THRESHOLD_METHODS: tuple[str, ...] = ("youden", "sensitivity")
 #: Probability calibration fitted on validation (:mod:`cxr.calibration`); "none" = off.
 CALIBRATIONS: tuple[str, ...] = ("platt", "temperature", "isotonic", "none")
+#: How ``cxr train`` makes a model: fine-tune the network (two phases), or fit a linear
+#: probe on the frozen pretrained backbone's pooled features (:mod:`cxr.training.probe`).
+RECIPES: tuple[str, ...] = ("finetune", "probe")
+#: Test-time augmentation (:mod:`cxr.inference.tta`): the original image only, it and its
+#: left-right mirror, or all six views (original, mirror, four small shifts).
+TTA_MODES: tuple[str, ...] = ("none", "flip", "all")
 #: Output formats of prediction results.
 OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "csv")
 #: What a ``device`` setting may name.
