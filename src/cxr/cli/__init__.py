@@ -23,6 +23,7 @@ from cxr.cli import (
     calibrate,
     data,
     demo,
+    dicom,
     evaluate,
     export,
     gate,
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         export,
         sign,
         serve,
+        dicom,
     ):
         module.add_parsers(sub)
     return parser
