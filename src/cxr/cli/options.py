@@ -21,6 +21,7 @@ from cxr.choices import (
     DATASET_FORMATS,
     DEVICE_HELP,
     PRECISIONS,
+    TTA_MODES,
     UNCERTAIN_POLICIES,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "add_source_options",
     "add_threads",
     "add_train_caches",
+    "add_tta",
     "run_settings",
 ]
 
@@ -83,6 +85,32 @@ def add_cam_method(p: Parser) -> None:
         choices=CAM_METHODS,
         default="gradcam",
         help="heatmap method (default: %(default)s)",
+    )
+
+
+def _tta_mode(value: str) -> str:
+    if value not in TTA_MODES:
+        raise argparse.ArgumentTypeError(
+            f"takes {', '.join(TTA_MODES)}, got {value!r} (a bare --tta, meaning all, goes "
+            "after the images or before another option)"
+        )
+    return value
+
+
+def add_tta(p: Parser) -> None:
+    """``--tta [{none,flip,all}]``: test-time augmentation; bare ``--tta`` = ``all``; absent =
+    None (the model file's recommended mode)."""
+    p.add_argument(
+        "--tta",
+        nargs="?",
+        const="all",
+        default=None,
+        type=_tta_mode,
+        metavar="{" + ",".join(TTA_MODES) + "}",
+        help="test-time augmentation, the mean over views: none; flip (original and "
+        "mirror); all (original, mirror and 4 small shifts). A bare --tta means all "
+        "(write it after the images). Default: the mode the model file recommends (none "
+        "when it names none)",
     )
 
 

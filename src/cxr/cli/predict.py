@@ -1,9 +1,9 @@
 """The ``cxr predict`` and ``cxr localize`` sub-commands (wired into :mod:`cxr.cli` by
 :func:`add_parsers`).
 
-``cxr predict MODEL IMAGE|FOLDER... [--format text|json|csv] [--out FILE] [--tta]
-[--explain OUTDIR [--top-k 3 | --explain-labels A,B] [--method gradcam|gradcam++]]
-[--dicom-out DIR]``
+``cxr predict MODEL IMAGE|FOLDER... [--format text|json|csv] [--out FILE]
+[--tta [none|flip|all]] [--explain OUTDIR [--top-k 3 | --explain-labels A,B]
+[--method gradcam|gradcam++]] [--dicom-out DIR]``
     probabilities of every label for PNG, JPEG and DICOM files (folders searched
     recursively), preprocessed as in training. Exit code 0: every image was predicted;
     1: some file was unreadable (reported by name and skipped); 2: bad usage or model.
@@ -29,6 +29,7 @@ from cxr.cli.options import (
     add_json,
     add_model,
     add_run_options,
+    add_tta,
     run_settings,
 )
 
@@ -93,11 +94,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "input into DIR (research use only; needs cxr[dicom-node])",
     )
     add_cam_method(p)
-    p.add_argument(
-        "--tta",
-        action="store_true",
-        help="test-time augmentation: mean over original, mirror and 4 small shifts",
-    )
+    add_tta(p)
     p.add_argument(
         "--raw",
         action="store_true",

@@ -53,6 +53,13 @@ def check_cam_head(head: HeadConfig, weights: HeadWeights | None, path: object =
             "gradient depends on which hidden units are active: explain with the "
             ".safetensors model (torch Grad-CAM) instead"
         )
+    if head.members != 1:
+        raise CamUnavailable(
+            f"{where}heatmaps of an ONNX model need a head of pooling + one linear layer; "
+            f"this head averages the probabilities of {head.members} members, so its "
+            "gradient depends on the image: explain with the .safetensors model (torch "
+            "Grad-CAM of the averaged output) instead"
+        )
     if weights is None:
         raise CamUnavailable(
             f"{where}the file holds no classifier weights for heatmaps (cxr.head); export "

@@ -6,7 +6,10 @@ sigmoid). The feature map ``A`` (B, C, h, w) is the output of ``model.target_lay
 backbone's final, post-activation feature map); ``g = d logit / d A`` comes from autograd,
 and the maps from ``A`` and ``g`` by the formula of :mod:`cxr.explain.maps` (upsampled to the
 input resolution, min-max normalised per image; a constant map becomes zeros and is flagged
-in :attr:`CamMaps.constant`; :func:`explain` puts a note on it).
+in :attr:`CamMaps.constant`; :func:`explain` puts a note on it). For an ensemble head
+(``HeadConfig.members`` > 1) the logit is that of the members' mean probability, so ``g`` is
+the gradient of the averaged output w.r.t. the shared feature map: the heatmap is the map of
+the averaged output (not a mean of the members' maps).
 
 The upsampling puts feature cell i at input coordinate ``(i + 0.5) * stride``. That is exact
 for ``cxr-small-cnn`` (stride 4, non-overlapping 2x2 downsampling); for the DenseNets and

@@ -6,7 +6,8 @@ about 2 s for DenseNet-121 where the dynamo exporter took 28 s on the same CPU):
 - input ``input``: float32 (B, 1, S, S) = uint8 pixels / 255, B dynamic: the output of
   :func:`cxr.preprocessing.to_model_input`, so that preprocessing keeps one definition; the
   graph holds the rest (gray to RGB, mean/std, backbone, head);
-- outputs ``logits`` (B, L), ``probabilities`` (B, L) = sigmoid(logits), ``features``
+- outputs ``logits`` (B, L) (for an ensemble head, the logit of the members' mean
+  probability: one graph), ``probabilities`` (B, L) = sigmoid(logits), ``features``
   (B, C, h, w) = the last feature map (the Grad-CAM target layer's output) and ``pooled``
   (B, C) = its pooling by the head.
 
@@ -51,7 +52,7 @@ def _graph_module(model: ChestClassifier) -> Any:
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             features = self.inner.features(x)
             pooled = self.inner.head.pool(features)
-            logits = self.inner.head.out(self.inner.head.mlp(pooled))
+            logits = self.inner.head.logits_from_pooled(pooled)  # members averaged
             return logits, torch.sigmoid(logits), features, pooled
 
     return _Graph(model).eval()
@@ -85,10 +86,11 @@ def trace_graph(model: ChestClassifier, opset: int) -> bytes:
 
 def head_weights(model: ChestClassifier) -> HeadWeights | None:
     """The head's pooling and output layer when it is pooling + one linear layer (no
-    hidden layers), for CAM without autograd; None otherwise."""
+    hidden layers, one member), for CAM without autograd; None otherwise (an ensemble's
+    averaged logit is not linear in the pooled features)."""
     from cxr.models.classifier import GeM
 
-    if model.spec.head.hidden:
+    if model.spec.head.hidden or model.spec.head.members != 1:
         return None
     pool = model.head.pool
     p = float(pool.p.detach().clamp(min=1.0)) if isinstance(pool, GeM) else 1.0

@@ -259,7 +259,13 @@ def export_onnx(
             + f" (max |Δp| allowed {PARITY_TOLERANCE:.0e}); {out} was not written"
         )
     shared = Header(
-        spec, loaded.thresholds, loaded.training, __version__, loaded.calibration, loaded.ood
+        spec,
+        loaded.thresholds,
+        loaded.training,
+        __version__,
+        loaded.calibration,
+        loaded.ood,
+        loaded.tta,
     )
     header: dict[str, Any] = {
         "format": FORMAT_NAME,

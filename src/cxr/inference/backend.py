@@ -45,6 +45,8 @@ class Backend(ABC):
     calibration: Calibration | None = None
     #: the file's not-a-chest-X-ray gate, or None
     ood: OodGate | None = None
+    #: the file's recommended test-time augmentation (none | flip | all)
+    tta: str = "none"
 
     @abstractmethod
     def probabilities(self, pixels: Any) -> Any:

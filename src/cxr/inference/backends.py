@@ -84,6 +84,7 @@ class TorchBackend(Backend):
         self.training, self.path = dict(loaded.training), Path(loaded.path)
         self.calibration = loaded.calibration
         self.ood = loaded.ood
+        self.tta = loaded.tta
 
     def place(self, pixels: Any) -> torch.Tensor:
         return _as_tensor(pixels).to(self.device, non_blocking=True)
@@ -117,7 +118,7 @@ class TorchBackend(Backend):
             ),
         ):
             pooled = self.model.head.pool(self.model.features(x))
-            logits = self.model.head.out(self.model.head.mlp(pooled))
+            logits = self.model.head.logits_from_pooled(pooled)
             probs = torch.sigmoid(logits.float())
         return (
             probs.float().cpu().numpy().astype(np.float32),

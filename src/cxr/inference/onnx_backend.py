@@ -107,6 +107,7 @@ class OnnxBackend(Backend):
         self.training, self.path = dict(info.training), Path(info.path)
         self.calibration = info.calibration
         self.ood = info.ood
+        self.tta = info.tta
         self.head: HeadWeights | None = info.head
         self.precision = info.precision
         self.device_name = str(device)

@@ -3,8 +3,10 @@
 Every image is preprocessed exactly as the training cache was, by the model's
 :class:`~cxr.preprocessing.Preprocessing` record (size and fit from the model file):
 ``Preprocessing.load(path)`` gives uint8 (S, S); a :class:`~cxr.inference.backends.Backend`
-turns uint8 (B, S, S) into probabilities (B, L). Test-time augmentation (``tta=True``)
-averages the probabilities of the six views of :mod:`cxr.inference.tta`.
+turns uint8 (B, S, S) into probabilities (B, L). Test-time augmentation averages the
+probabilities of the views of :mod:`cxr.inference.tta`: ``tta="flip"`` (original and
+mirror), ``"all"`` (six views) or ``"none"``; left unset, the model file's recommended mode
+(``tta`` in its header; ``"none"`` when it has none).
 
 Unreadable files are not fatal: each is reported by name with its reason and skipped;
 :attr:`PredictionResult.all_succeeded` says whether every image was predicted.
@@ -24,7 +26,7 @@ from cxr.images import ImageReadError
 from cxr.inference.backends import Backend, open_backend
 from cxr.inference.files import list_images
 from cxr.inference.results import ImagePrediction, PredictionResult
-from cxr.inference.tta import tta_shift, tta_views
+from cxr.inference.tta import describe_views, tta_mode, tta_views
 from cxr.thresholds import Thresholds
 
 if TYPE_CHECKING:
@@ -45,8 +47,11 @@ class Predictor:
         model: a model file path (loaded and verified), a :class:`LoadedModel`, or a
             :class:`~cxr.inference.backends.Backend`.
         device: torch device for the model (``"auto"`` = the GPU when there is one).
-        tta: average over the six test-time views (:mod:`cxr.inference.tta`).
-        batch_size: images per forward pass (each of the six TTA views is one pass).
+        tta: test-time augmentation (:mod:`cxr.inference.tta`): ``"none"``, ``"flip"``
+            (original + mirror), ``"all"`` (six views); True = ``"all"``, False =
+            ``"none"``; None (default) = the model file's recommended mode (``"none"``
+            when it has none). An explicit choice always wins.
+        batch_size: images per forward pass (each TTA view is one pass).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass;
             ``"auto"`` = bf16 on a GPU, fp32 on the CPU. Probabilities are float32 either way.
         channels_last: run the model in channels-last memory format (faster on GPUs and,
@@ -59,7 +64,7 @@ class Predictor:
         self,
         model: LoadedModel | _PathLike | Backend,
         device: str | torch.device = "cpu",
-        tta: bool = False,
+        tta: bool | str | None = None,
         batch_size: int = 32,
         precision: str = "auto",
         channels_last: bool = True,
@@ -68,6 +73,7 @@ class Predictor:
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        chosen = None if tta is None else tta_mode(tta)  # a bad value fails before loading
         self.backend = open_backend(
             model, backend, device=device, precision=precision, channels_last=channels_last
         )
@@ -83,7 +89,14 @@ class Predictor:
         self.thresholds = {k: self.output_scale(k, t) for k, t in self.raw_thresholds.items()}
         self.fit = self.preprocessing.fit
         self.size = self.preprocessing.size
-        self.tta = bool(tta)
+        recommended = tta_mode(self.backend.tta)
+        #: the TTA mode in use: ``"none"``, ``"flip"`` or ``"all"``
+        self.tta: str = chosen if chosen is not None else recommended
+        #: where it came from: ``"caller"`` (chosen), ``"model file"`` (the file's
+        #: recommendation) or ``"default"`` (neither: none)
+        self.tta_source = (
+            "caller" if chosen is not None else "model file" if recommended != "none" else "default"
+        )
         self.batch_size = batch_size
         #: the file's not-a-chest-X-ray gate (:class:`cxr.gate.OodGate`), or None
         self.ood = self.backend.ood
@@ -116,19 +129,22 @@ class Predictor:
         return model
 
     def describe(self) -> dict[str, Any]:
+        """The model and how it runs, for reports: path, backbone, input size, fit, ``tta``
+        (True when any TTA is on), calibration, the backend's fields, ``tta_mode`` (none |
+        flip | all), ``tta_source`` (caller | model file | default) and ``tta_views`` (the
+        views averaged, in words)."""
         return {
             "path": str(self.path),
             "backbone": self.spec.backbone,
             "input_size": self.size,
             "fit": self.fit,
-            "tta": self.tta,
+            "tta": self.tta != "none",
             "calibration": self.calibration.method if self.calibration is not None else "none",
             **self.backend.describe(),
-            "tta_views": (
-                f"original, mirror, shifts of {tta_shift(self.size)} px right/left/down/up"
-                if self.tta
-                else "original only"
-            ),
+            "tta_mode": self.tta,
+            "tta_source": self.tta_source,
+            "tta_views": describe_views(self.tta, self.size)
+            + (" (recommended by the model file)" if self.tta_source == "model file" else ""),
         }
 
     def output_scale(self, label: str, probability: float) -> float:
@@ -166,7 +182,8 @@ class Predictor:
         for start in range(0, len(images), self.batch_size):
             batch = np.ascontiguousarray(images[start : start + self.batch_size])
             raw, pooled = self.backend.features(batch)
-            probs.append(self.backend.to_numpy([self.probabilities(batch)]) if self.tta else raw)
+            tta = self.tta != "none"
+            probs.append(self.backend.to_numpy([self.probabilities(batch)]) if tta else raw)
             scores.append(self.ood.score(pooled))
         return self._finite(np.concatenate(probs)), np.concatenate(scores)
 
@@ -184,12 +201,13 @@ class Predictor:
         return probs
 
     def probabilities(self, pixels: Any) -> Any:
-        """float32 (B, L) probabilities of uint8 pixels (B, S, S), averaged over the TTA
-        views when TTA is on, in the backend's array type (a torch tensor on the model's
-        device for the torch backend)."""
-        if not self.tta:
+        """float32 (B, L) probabilities of uint8 pixels (B, S, S), averaged over the views of
+        the TTA mode (2 for ``"flip"``, 6 for ``"all"``), in the backend's array type (a
+        torch tensor on the model's device for the torch backend)."""
+        if self.tta == "none":
             return self.backend.probabilities(pixels)
-        views = tta_views(self.backend.place(pixels))  # one copy to the device, views there
+        # one copy to the device, views there
+        views = tta_views(self.backend.place(pixels), self.tta)
         return self.backend.mean([self.backend.probabilities(v) for v in views])
 
     def predict_cache(self, cache: Any, progress: bool = False) -> np.ndarray:
@@ -322,7 +340,7 @@ def predict_images(
     paths: Sequence[_PathLike],
     *,
     device: str = "cpu",
-    tta: bool = False,
+    tta: bool | str | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> PredictionResult:

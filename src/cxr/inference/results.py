@@ -18,6 +18,14 @@ from cxr import RESEARCH_NOTICE
 __all__ = ["ImagePrediction", "PredictionResult"]
 
 
+def _tta_words(model: dict[str, Any]) -> str:
+    """``off``, ``flip`` or ``all`` (a description without ``tta_mode``: on/off)."""
+    mode = model.get("tta_mode")
+    if mode is None:
+        return "on" if model.get("tta") else "off"
+    return "off" if mode == "none" else str(mode)
+
+
 @dataclass(frozen=True)
 class ImagePrediction:
     """One input file: probabilities float32 (L,) in model label order, or why it failed
@@ -187,7 +195,7 @@ class PredictionResult:
             lines.append(
                 f"model: {m.get('path', '?')} ({m.get('backbone', '?')}, "
                 f"{m.get('input_size', '?')} px, fit {m.get('fit', '?')}, "
-                f"TTA {'on' if m.get('tta') else 'off'})"
+                f"TTA {_tta_words(m)})"
             )
             calibration = m.get("calibration")
             if calibration and calibration != "none":

@@ -1,12 +1,19 @@
-"""Test-time augmentation: the six views whose probabilities are averaged.
+"""Test-time augmentation: the views whose probabilities are averaged.
+
+Three modes (:data:`~cxr.choices.TTA_MODES`):
+
+- ``"none"``: the original only (one view);
+- ``"flip"``: the original and its left-right mirror (two views);
+- ``"all"``: six views: the original; its left-right mirror; and the original shifted by
+  ``d = max(1, round(0.03 * S))`` pixels right, left, down and up, the uncovered border
+  filled with black (0, as the cache's padding and training's augmentation do).
 
 The views of an image batch (..., S, S) — uint8 pixels or float input, numpy or torch —
-are: the original; its left-right mirror; and the original shifted by
-``d = max(1, round(0.03 * S))`` pixels right, left, down and up, the uncovered border
-filled with black (0, as the cache's padding and training's augmentation do). The mirror
-is a view the model was not trained on (training does not flip by default: the heart is
-on the left), so TTA is an option, off by default. Shifting and mirroring commute with
-the division by 255, so views of uint8 pixels and of float input are the same images.
+have the type, dtype and device of the batch. The mirror is a view the model was not
+trained on (training does not flip by default: the heart is on the left), so TTA is off
+unless asked for, by the caller or by the model file's recommended mode (``tta`` in its
+header, :mod:`cxr.modelformat.header`). Shifting and mirroring commute with the division by
+255, so views of uint8 pixels and of float input are the same images.
 """
 
 from __future__ import annotations
@@ -16,10 +23,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from cxr.choices import TTA_MODES
+
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TTA_SHIFT", "tta_shift", "tta_views"]
+__all__ = [
+    "TTA_MODES",
+    "TTA_SHIFT",
+    "describe_views",
+    "tta_mode",
+    "tta_shift",
+    "tta_views",
+]
 
 #: TTA shift as a fraction of the image side.
 TTA_SHIFT = 0.03
@@ -28,9 +44,37 @@ TTA_SHIFT = 0.03
 _A = TypeVar("_A", npt.NDArray[Any], "torch.Tensor")
 
 
+def tta_mode(value: object, what: str = "tta") -> str:
+    """A TTA setting as one of :data:`TTA_MODES`: ``"none"``, ``"flip"`` or ``"all"``; True
+    means ``"all"`` and False ``"none"`` (the former on/off switch).
+
+    Raises:
+        ValueError: anything else, naming ``what`` and the choices.
+    """
+    if value is True:
+        return "all"
+    if value is False:
+        return "none"
+    if isinstance(value, str) and value in TTA_MODES:
+        return value
+    raise ValueError(
+        f"{what} must be one of {', '.join(TTA_MODES)} (or True = all, False = none), got {value!r}"
+    )
+
+
 def tta_shift(side: int) -> int:
     """The TTA shift in pixels for an image side: ``max(1, round(TTA_SHIFT * side))``."""
     return max(1, round(TTA_SHIFT * side))
+
+
+def describe_views(mode: str, side: int) -> str:
+    """The views of ``mode`` for images of ``side`` pixels, in words."""
+    mode = tta_mode(mode)
+    if mode == "none":
+        return "original only"
+    if mode == "flip":
+        return "original, mirror"
+    return f"original, mirror, shifts of {tta_shift(side)} px right/left/down/up"
 
 
 def _shift(x: _A, dx: int, dy: int) -> _A:
@@ -53,8 +97,14 @@ def _mirror(x: _A) -> _A:
     return x.flip(-1)
 
 
-def tta_views(x: _A) -> list[_A]:
-    """The six TTA views of (..., S, S): original, mirror, shifted right/left/down/up by
-    :func:`tta_shift` pixels (black fill); same type, dtype and device as ``x``."""
+def tta_views(x: _A, mode: str | bool = "all") -> list[_A]:
+    """The TTA views of (..., S, S) for ``mode`` (:func:`tta_mode`): ``"none"`` [original],
+    ``"flip"`` [original, mirror], ``"all"`` [original, mirror, shifted right/left/down/up
+    by :func:`tta_shift` pixels (black fill)]; same type, dtype and device as ``x``."""
+    mode = tta_mode(mode, "TTA mode")
+    if mode == "none":
+        return [x]
+    if mode == "flip":
+        return [x, _mirror(x)]
     d = tta_shift(x.shape[-1])
     return [x, _mirror(x), _shift(x, d, 0), _shift(x, -d, 0), _shift(x, 0, d), _shift(x, 0, -d)]

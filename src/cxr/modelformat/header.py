@@ -9,14 +9,16 @@ file)::
      "thresholds": {"Effusion": 0.31, ...},        # optional decision thresholds (probabilities)
      "calibration": {...},                         # optional (cxr.calibration.Calibration)
      "ood": {...},                                 # optional not-a-chest-X-ray gate (cxr.gate)
+     "tta": "none" | "flip" | "all",               # optional recommended test-time
+                                                   # augmentation; absent = "none"
      "training": {...},                            # free summary of how it was trained
      "cxr_version": "0.1.0", ...}                  # and what the format adds
 
 :func:`check_format` checks the format name and version, :func:`read_header` the shared
 fields; both raise :class:`HeaderError` with the problem only, and each format adds the
 file's name (so that both formats refuse the same bad field with the same words).
-:func:`check_thresholds` and :func:`calibration_record` check what a caller hands to a
-writer (plain ``ValueError``). Imports no torch.
+:func:`check_thresholds`, :func:`calibration_record` and :func:`check_tta` check what a
+caller hands to a writer (plain ``ValueError``). Imports no torch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cxr.calibration import Calibration
+from cxr.choices import TTA_MODES
 from cxr.errors import CxrError
 from cxr.gate import OodGate
 from cxr.models.spec import ModelSpec
@@ -38,6 +41,7 @@ __all__ = [
     "calibration_record",
     "check_format",
     "check_thresholds",
+    "check_tta",
     "read_header",
 ]
 
@@ -58,6 +62,9 @@ class Header:
         cxr_version: the cxr that wrote the file.
         calibration: the probability calibration, or None.
         ood: the not-a-chest-X-ray gate, or None.
+        tta: the test-time augmentation recommended for this model (``"none"``,
+            ``"flip"`` or ``"all"``, :mod:`cxr.inference.tta`), used when a predictor is not
+            told which; ``"none"`` when the file does not say.
     """
 
     spec: ModelSpec
@@ -66,6 +73,7 @@ class Header:
     cxr_version: str = ""
     calibration: Calibration | None = None
     ood: OodGate | None = None
+    tta: str = "none"
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -73,7 +81,7 @@ class Header:
 
     def stored(self) -> dict[str, Any]:
         """The fields in their stored (JSON-safe) form; ``calibration`` and ``ood`` only
-        when present."""
+        when present, ``tta`` only when not ``"none"``."""
         out: dict[str, Any] = {
             "spec": self.spec.to_dict(),
             "thresholds": dict(self.thresholds),
@@ -84,6 +92,8 @@ class Header:
             out["calibration"] = self.calibration.to_dict()
         if self.ood is not None:
             out["ood"] = self.ood.to_dict()
+        if self.tta != "none":
+            out["tta"] = self.tta
         return out
 
 
@@ -149,6 +159,23 @@ def check_thresholds(thresholds: Any, spec: ModelSpec) -> dict[str, float]:
     return out
 
 
+def check_tta(tta: Any) -> str:
+    """A recommended test-time augmentation as stored: one of ``"none"``, ``"flip"``,
+    ``"all"``; None is ``"none"``.
+
+    Raises:
+        ValueError: anything else (True/False included: a file names its mode).
+    """
+    if tta is None:
+        return "none"
+    if not isinstance(tta, str) or tta not in TTA_MODES:
+        raise ValueError(
+            f"the recommended test-time augmentation (field 'tta') must be one of "
+            f"{', '.join(repr(m) for m in TTA_MODES)}, got {tta!r}"
+        )
+    return tta
+
+
 def calibration_record(calibration: Calibration, spec: ModelSpec) -> dict[str, Any]:
     """The stored form of ``calibration``, checked against the model's labels (a
     ValueError names what does not fit)."""
@@ -201,4 +228,10 @@ def read_header(meta: Mapping[str, Any], v1_spec: bool = False) -> Header:
             ood = OodGate.from_dict(meta["ood"])
         except (TypeError, ValueError) as exc:
             raise HeaderError(f"its not-a-chest-X-ray gate (ood) is invalid: {exc}") from None
-    return Header(spec, thresholds, training, str(meta.get("cxr_version", "")), calibration, ood)
+    try:
+        tta = check_tta(meta.get("tta"))
+    except ValueError as exc:
+        raise HeaderError(f"{exc}; use a model file written by cxr") from None
+    return Header(
+        spec, thresholds, training, str(meta.get("cxr_version", "")), calibration, ood, tta
+    )

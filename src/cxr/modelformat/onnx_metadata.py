@@ -10,6 +10,8 @@ An ONNX file written by ``cxr export`` is as self-describing as a cxr model file
        "spec": {...ModelSpec.to_dict()...},       # labels, backbone, head, preprocessing
        "thresholds": {"Effusion": 0.31, ...},     # chosen on validation during training
        "calibration": {...}, "ood": {...},        # when the source model has them
+       "tta": "flip",                             # its recommended test-time augmentation
+                                                  # (when not "none")
        "training": {...},                         # the training summary
        "cxr_version": "0.1.0",                    # the cxr that exported it
        "notice": "Research use only: ...",
@@ -184,8 +186,9 @@ class HeadWeights:
 @dataclass(frozen=True)
 class OnnxInfo(Header):
     """The verified cxr metadata of an exported ONNX file: the source model's header fields
-    (:class:`~cxr.modelformat.header.Header`: spec, thresholds, training, calibration, gate;
-    ``cxr_version`` is the cxr that exported the file) and the export's own.
+    (:class:`~cxr.modelformat.header.Header`: spec, thresholds, training, calibration, gate,
+    recommended ``tta``; ``cxr_version`` is the cxr that exported the file) and the
+    export's own.
 
     Attributes:
         path: the file.

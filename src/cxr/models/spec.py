@@ -8,6 +8,7 @@ offending field.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -42,11 +43,17 @@ class HeadConfig:
             (before the output layer, and after each hidden layer's ReLU).
         hidden: widths of optional hidden dense layers (Linear + ReLU + Dropout) between
             the pooling and the output layer; ``()`` = a single linear output layer.
+        members: K, the number of ensemble members sharing the pooling and hidden layers
+            (a whole number >= 1). With K > 1 the output layer gives K logits per label
+            and the model's logit is that of the members' mean probability
+            (:class:`~cxr.models.classifier.ClassifierHead`); 1 = a plain head. Stored
+            only when > 1, so files without it read as 1.
     """
 
     pool: str = "avg"
     dropout: float = 0.0
     hidden: tuple[int, ...] = ()
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -66,17 +73,36 @@ class HeadConfig:
                 raise ValueError(
                     f"head.hidden widths must be positive integers, got {list(self.hidden)}"
                 )
+        if (
+            isinstance(self.members, bool)
+            or not isinstance(self.members, numbers.Integral)
+            or self.members < 1
+        ):
+            raise ValueError(
+                "head.members (the number of ensemble members) must be a whole number >= 1, "
+                f"got {self.members!r}; use 1 for a single head"
+            )
         object.__setattr__(self, "dropout", dropout)
         object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
+        object.__setattr__(self, "members", int(self.members))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pool": self.pool, "dropout": self.dropout, "hidden": list(self.hidden)}
+        """JSON-safe dict; ``members`` only when > 1 (a plain head's record is unchanged)."""
+        out: dict[str, Any] = {
+            "pool": self.pool,
+            "dropout": self.dropout,
+            "hidden": list(self.hidden),
+        }
+        if self.members != 1:
+            out["members"] = self.members
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HeadConfig:
         if not isinstance(data, Mapping):
             raise ValueError(
-                f"head must be a mapping with pool/dropout/hidden, got {type(data).__name__}"
+                "head must be a mapping with pool/dropout/hidden/members, got "
+                f"{type(data).__name__}"
             )
         _unknown_keys(data, cls, "head")
         return cls(**dict(data))
@@ -95,7 +121,7 @@ class ModelSpec:
             size, fit, intensity, mean/std). Its mean/std left None become what the
             backbone's pretrained weights expect: ImageNet ``(0.485, 0.456, 0.406)`` /
             ``(0.229, 0.224, 0.225)`` for DenseNets, ``127/255`` / ``128/255`` for
-            EfficientNet-Lite0. ``input_size``, ``fit``, ``mean`` and ``std`` read it.
+            EfficientNet-Lite0 to Lite2. ``input_size``, ``fit``, ``mean`` and ``std`` read it.
     """
 
     labels: tuple[str, ...]
