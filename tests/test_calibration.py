@@ -49,11 +49,13 @@ def test_thresholds_keep_their_decisions():
                 assert same.mean() >= 0.999, (method, name, t)  # float32 rounding at the edge
 
 
-def test_labels_with_few_positives_use_the_shared_temperature_and_say_so():
+def test_labels_with_few_positives_use_the_shared_slope_and_say_so():
     y, p = overconfident(1000, seed=3)
-    cal = fit_calibration(y, p, NAMES, method="platt", min_positives=10)
-    assert cal.maps["Hernia"].kind == "temperature"
-    assert "Hernia (4 positive" in cal.notes[0] and "shared temperature" in cal.notes[0]
+    for method in CALIBRATION_METHODS:
+        cal = fit_calibration(y, p, NAMES, method=method, min_positives=10)
+        assert cal.maps["Hernia"].kind == "platt", method  # a shared slope, its own intercept
+        assert "Hernia (4 positive" in cal.notes[0] and "shared slope" in cal.notes[0]
+        assert len(cal.notes) == 1  # no shift, no note about one
 
 
 def test_round_trip_and_validation():

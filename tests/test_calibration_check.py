@@ -38,6 +38,33 @@ def test_training_stores_a_calibration_fitted_on_validation(
     assert info.thresholds  # thresholds still there, on the raw scale
 
 
+def test_training_stores_the_prior_shift_and_calibrate_keeps_it(
+    trained_phantom_model, phantom_caches_64, tmp_path, capsys
+):
+    from cxr.cache import PreparedCache
+    from cxr.losses import prior_shift
+
+    best, c = trained_phantom_model.best_model, phantom_caches_64
+    info = read_model_info(best)
+    assert info.training["config"]["loss"] == "weighted-bce" and info.calibration is not None
+    table = PreparedCache(c["train"]).table
+    have = table.pathologies
+    train_labels = table.labels[:, [have.index(n) for n in info.spec.labels]]
+    expected = prior_shift("weighted-bce", train_labels)
+    stored = info.calibration.shift
+    assert stored and set(stored) <= set(info.spec.labels)
+    for name, s in zip(info.spec.labels, expected, strict=True):
+        assert stored.get(name, 0.0) == pytest.approx(s), name
+    assert any("undone before the maps" in n for n in info.calibration.notes)
+
+    out = tmp_path / "refit.safetensors"
+    argv = ["calibrate", str(best), str(c["val"]), "--out", str(out), "--method", "isotonic"]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "prior shift of the training loss was kept" in capsys.readouterr().out
+    refit = read_model_info(out).calibration
+    assert refit is not None and refit.method == "isotonic" and refit.shift == stored
+
+
 def test_calibrate_lowers_ece_on_the_test_cache_and_keeps_auc(
     overconfident, phantom_caches_64, tmp_path, capsys
 ):

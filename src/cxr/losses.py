@@ -7,7 +7,8 @@ Conventions for every loss module here:
   contribute nothing to the loss or its gradient; a batch in which a label (or every
   label) has no known entry gives a finite loss, never NaN.
 - Class weights come from the *training* labels (:func:`class_frequencies`) and are fixed
-  when the loss is built (:func:`build_loss`).
+  when the loss is built (:func:`build_loss`); :func:`prior_shift` is the log-odds shift
+  those weights put into the logits, which calibration undoes.
 
 Reductions: :class:`WeightedBCELoss` follows the published weighted-BCE formula (mean over
 the known entries of each label, summed over labels); all other losses average over all
@@ -35,6 +36,7 @@ __all__ = [
     "WeightedBCELoss",
     "build_loss",
     "class_frequencies",
+    "prior_shift",
     "weighted_bce_from_probs",
 ]
 
@@ -231,9 +233,14 @@ class FocalLoss(nn.Module):
         return _mean_known(loss, known)
 
 
+def _degenerate_mask(pos: np.ndarray) -> np.ndarray:
+    """(L,) mask of labels without positives, negatives or known entries."""
+    return ~np.isfinite(pos) | (pos <= 0) | (pos >= 1)
+
+
 def _degenerate(pos: np.ndarray, names: Sequence[str], loss: str) -> np.ndarray:
     """Mask of labels without positives, negatives or known entries; warns naming them."""
-    bad = ~np.isfinite(pos) | (pos <= 0) | (pos >= 1)
+    bad = _degenerate_mask(pos)
     if bad.any():
         parts = []
         for i in np.flatnonzero(bad):
@@ -291,10 +298,60 @@ def build_loss(
         return FocalLoss(gamma=2.0 if gamma is None else float(gamma), alpha=options.get("alpha"))
     if name == "bce":
         return BCELoss()
-    bad = _degenerate(pos, names, name)
+    w_pos, w_neg = _class_weights(name, pos, neg, _degenerate(pos, names, name))
+    if name == "weighted-bce":
+        return WeightedBCELoss(w_pos, w_neg)
+    if name == "pos-weight-bce":
+        return PosWeightBCELoss(w_pos)
+    return InverseFrequencyBCELoss(w_pos, w_neg)
+
+
+def _class_weights(
+    name: str, pos: np.ndarray, neg: np.ndarray, bad: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(w_pos, w_neg), each (L,), of the class-weighted loss ``name`` from the label
+    frequencies ``pos``, ``neg`` (L,); labels in the mask ``bad`` get neutral weights.
+    ``pos-weight-bce``'s w_neg is 1 (its pos_weight is w_pos)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         if name == "weighted-bce":
-            return WeightedBCELoss(np.where(bad, 0.5, neg), np.where(bad, 0.5, pos))
+            return np.where(bad, 0.5, neg), np.where(bad, 0.5, pos)
         if name == "pos-weight-bce":
-            return PosWeightBCELoss(np.where(bad, 1.0, neg / pos))
-        return InverseFrequencyBCELoss(np.where(bad, 1.0, 0.5 / pos), np.where(bad, 1.0, 0.5 / neg))
+            return np.where(bad, 1.0, neg / pos), np.ones_like(pos)
+        if name == "inverse-frequency":
+            return np.where(bad, 1.0, 0.5 / pos), np.where(bad, 1.0, 0.5 / neg)
+    raise ValueError(f"{name!r} has no class weights")
+
+
+def prior_shift(loss: str, train_labels: np.ndarray | Tensor) -> np.ndarray:
+    """The log-odds each label's logits are shifted by at the optimum of ``loss``.
+
+    A loss that weighs positive entries by ``w+`` and negative ones by ``w-`` is minimised,
+    for images whose true probability is ``q``, by ``sigmoid(z) = w+ q / (w+ q + w- (1 -
+    q))``: the logit is ``logit(q) + log(w+ / w-)``. ``sigmoid(z - shift)`` recovers ``q``.
+    The weights are those :func:`build_loss` builds from the same labels, so:
+
+    - ``weighted-bce`` (w+ = negative, w- = positive frequency),
+      ``pos-weight-bce`` (pos_weight = negatives / positives) and ``inverse-frequency``
+      (w+ = 1 / (2 pos), w- = 1 / (2 neg)) all give ``log(negatives / positives)``;
+    - ``bce``: 0;
+    - ``focal``: 0. Its optimum has no closed form (the ``(1 - p_t)^gamma`` factor pulls
+      probabilities toward 0.5 by an amount that depends on ``q``), so no shift is undone
+      and the calibration map alone corrects it.
+
+    Labels with no positives, no negatives or nothing known get 0 (build_loss gives them
+    neutral weights; no warning here, build_loss gives it).
+
+    Args:
+        loss: one of :data:`LOSS_NAMES`.
+        train_labels: (N, L) 0/1/NaN labels of the training split.
+
+    Returns:
+        float64 (L,) shifts in log-odds (natural log).
+    """
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSS_NAMES)}")
+    pos, neg = class_frequencies(train_labels)
+    if loss in ("bce", "focal"):
+        return np.zeros(pos.size)
+    w_pos, w_neg = _class_weights(loss, pos, neg, _degenerate_mask(pos))
+    return np.log(w_pos / w_neg)

@@ -115,8 +115,10 @@ def calibrate_model(
 ) -> tuple[Path, Calibration, dict[str, Any]]:
     """Fit the calibration of a model file on a prepared validation cache and write it into
     the file (``out``, or in place). The thresholds stay as they are (on the raw scale;
-    predictions re-express them). Returns the path written, the calibration and its
-    :func:`calibration_table` on the validation images (a fit, not a test)."""
+    predictions re-express them); the prior shift of the file's earlier calibration, if
+    any, is kept (the training labels it came from are not in the file). Returns the path
+    written, the calibration and its :func:`calibration_table` on the validation images
+    (a fit, not a test)."""
     from cxr.cache import PreparedCache
     from cxr.inference import Predictor
     from cxr.modelfile import with_calibration
@@ -135,6 +137,7 @@ def calibrate_model(
     if missing:
         raise ValueError(f"the cache {cache.path} lacks the model's label(s) {missing}")
     labels = cache.table.labels[:, [have.index(n) for n in names]]
+    earlier = predictor.backend.calibration
     calibration = fit_calibration(
         labels,
         raw,
@@ -142,6 +145,7 @@ def calibrate_model(
         method=method,
         min_positives=min_positives,
         source=str(Path(cache.path).resolve()),
+        shift=None if earlier is None else earlier.shift,
     )
     written = with_calibration(model, calibration, out)
     table = calibration_table(labels, raw, calibration.apply(raw, names), names, calibration)

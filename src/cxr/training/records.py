@@ -82,21 +82,27 @@ def epoch_calibration(
     names: Sequence[str],
     val_b: CacheBatches,
     echo: Callable[[str], None],
+    train_labels: np.ndarray | None = None,
 ) -> Calibration | None:
     """The calibration of this epoch's model, fitted on its validation predictions
     (``val_labels``, ``probs``: (N, L)); None when ``config.calibration`` is "none" or the
-    validation set cannot support one (said with ``echo``)."""
+    validation set cannot support one (said with ``echo``). With ``train_labels`` (N_train,
+    L; the labels the loss took its class weights from), the prior shift of
+    ``config.loss`` (:func:`cxr.losses.prior_shift`) is undone before the maps and stored."""
     if config.calibration == "none":
         return None
     from cxr.calibration import fit_calibration
+    from cxr.losses import prior_shift
 
     try:
+        shift = None if train_labels is None else prior_shift(config.loss, train_labels)
         return fit_calibration(
             val_labels,
             probs,
             names,
             method=config.calibration,
             source=str(val_b.cache.path.resolve()),
+            shift=shift,
         )
     except ValueError as err:
         echo(f"no calibration: {err}")
