@@ -82,7 +82,7 @@ def test_load_state_refuses_pickles_other_versions_and_other_world_sizes(tmp_pat
 
 def test_plan_line_says_what_the_run_will_do(caches, tmp_path):
     train_c, val_c = caches
-    config = TrainConfig(phase1_epochs=1, phase2_epochs=2)
+    config = TrainConfig(phase1_epochs=1, phase2_epochs=2, backbone="densenet121", pretrained=None)
     line = plan_line(config, dd.Dist(), ("Mass",), train_c, val_c, tmp_path, 0)
     assert line.startswith("training ") and f"{len(train_c)} training" in line
     assert "pretrained weights: none (random initialisation)" in line

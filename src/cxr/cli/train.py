@@ -42,10 +42,23 @@ if TYPE_CHECKING:
     from cxr.tracking.mlflow import MLflowCallback
 
 _HELP = {
-    "backbone": "backbone from the registry: densenet121 (default), densenet169, densenet201, "
-    "efficientnet-lite0, cxr-small-cnn",
+    "recipe": "auto (default): decided by the training set's size (probe on a small set, "
+    "finetune on a large one; the plan line says which and why); finetune: train the network "
+    "in two phases; probe: fit one L2-penalised logistic "
+    "regression per label on the frozen pretrained backbone's pooled features (original and "
+    "mirrored image averaged), the penalty chosen by patient-level cross-validation on the "
+    "training set: minutes on a CPU, and often better on a few hundred images (needs "
+    "--pretrained; the phase, optimiser, loss and augmentation settings do not apply)",
+    "folds": "with --recipe probe: K >= 2 writes one model of K members, each fitted on K-1 of "
+    "K patient folds, whose probabilities are averaged (cross-fitting); 1: one probe "
+    "refitted on the whole training set",
+    "backbone": "backbone from the registry: densenet121, densenet169, densenet201, "
+    "efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, cxr-small-cnn; auto "
+    "(default): decided by the training set's size (the small-data backbone below 10,000 "
+    "training images, densenet121 above)",
     "pretrained": "'imagenet' (a local file in the torch hub cache, $CXR_WEIGHTS_DIR, or "
-    "downloaded by you) or a path to a weights file; default: random init",
+    "downloaded by you), a path to a weights file, or none (random init); auto (default): "
+    "imagenet when the backbone's weights are found locally, else none",
     "pool": f"head pooling: {', '.join(POOLS)}",
     "dropout": "dropout before the output layer",
     "hidden": "widths of dense layers before the output layer, comma-separated (e.g. 512,128)",
@@ -278,7 +291,7 @@ def run_train(args: argparse.Namespace) -> int:
             )
         config = config_from_args(args)
         tracker = _mlflow_callback(args)
-        out = args.out or Path("runs") / config.backbone
+        out = args.out or Path("runs") / (config.backbone if config.backbone != "auto" else "cxr")
         if threads is not None:
             import torch
 

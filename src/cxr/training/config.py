@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cxr.choices import CALIBRATIONS, POOLS, PRECISIONS
+from cxr.choices import CALIBRATIONS, POOLS, PRECISIONS, RECIPES
 from cxr.errors import CxrError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+#: The value of ``recipe``, ``backbone`` and ``pretrained`` decided by the training set's
+#: size when the run starts (:mod:`cxr.training.defaults`).
+AUTO = "auto"
 #: Epochs of each phase when the training set is large (phase -> epochs).
 DEFAULT_EPOCHS = {1: 2, 2: 8}
 #: The value type of the settings whose default is None (decided later: by the data).
@@ -65,9 +69,23 @@ class AugmentConfig:
 class TrainConfig:
     """Everything ``cxr train`` needs besides the data. Units are stated per field.
 
-    Model: ``backbone`` (registry name), ``pretrained`` (None, ``"imagenet"`` or a weights
-    file), head ``pool`` (avg | gem), ``dropout``, ``hidden`` (widths of dense layers
-    before the output layer), ``labels`` (None = all labels of the training cache).
+    Decided by the data: ``recipe``, ``backbone`` and ``pretrained`` default to ``"auto"``,
+    decided when the run starts by the training set's size
+    (:func:`cxr.training.defaults.resolve_auto`: the probe on an offline-pretrained backbone
+    for a small set, DenseNet-121 fine-tuned for a large one); ``pretrained="none"`` is
+    random initialisation (None).
+
+    Recipe: ``recipe`` "finetune" (the two phases below) or "probe": one
+    L2-penalised logistic regression per label on the frozen pretrained backbone's pooled
+    features, its penalty chosen by cross-validation (:mod:`cxr.training.probe`; needs
+    ``pretrained``, an average-pooled head without hidden layers or dropout; the phase,
+    optimiser, loss and augmentation settings do not apply). ``folds`` K >= 2 (probe
+    only): one model file whose K members, each fitted on K-1 of K patient folds, have
+    their probabilities averaged; 1 (default): one model.
+
+    Model: ``backbone`` (registry name or "auto"), ``pretrained`` (None, ``"imagenet"``, a
+    weights file or "auto"), head ``pool`` (avg | gem), ``dropout``, ``hidden`` (widths of
+    dense layers before the output layer), ``labels`` (None = all labels of the training cache).
 
     Two phases: ``phase1_epochs`` train the head with the backbone frozen at ``phase1_lr``;
     then ``phase2_epochs`` fine-tune everything at ``phase2_lr`` (the head at
@@ -87,9 +105,12 @@ class TrainConfig:
     exactly for the same seed and CPU thread count.
     """
 
+    # recipe
+    recipe: str = AUTO
+    folds: int = 1
     # model
-    backbone: str = "densenet121"
-    pretrained: str | None = None
+    backbone: str = AUTO
+    pretrained: str | None = AUTO
     pool: str = "avg"
     dropout: float = 0.0
     hidden: tuple[int, ...] = ()
@@ -140,6 +161,14 @@ class TrainConfig:
         need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")
         need(self.pool in POOLS, "pool", f"choose one of {POOLS}")
         need(self.calibration in CALIBRATIONS, "calibration", f"choose one of {CALIBRATIONS}")
+        need(self.recipe in (*RECIPES, AUTO), "recipe", f"choose one of {(*RECIPES, AUTO)}")
+        if isinstance(self.pretrained, str) and self.pretrained.strip().lower() == "none":
+            object.__setattr__(self, "pretrained", None)
+        need(
+            not isinstance(self.folds, bool) and int(self.folds) >= 1,
+            "folds",
+            "must be 1 (one model) or K >= 2 (a probe ensemble of K fold models)",
+        )
         for name in ("phase1_epochs", "phase2_epochs"):
             value = getattr(self, name)
             need(
@@ -172,6 +201,45 @@ class TrainConfig:
             object.__setattr__(self, "labels", tuple(self.labels))
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", _from_dict(AugmentConfig, self.augment, "augment."))
+        self._check_recipe(need)
+
+    def _check_recipe(self, need: Callable[[bool, str, str], None]) -> None:
+        """The settings the recipe cannot use, refused by name."""
+        if self.recipe == AUTO:  # decided with the data (cxr.training.defaults)
+            return
+        if self.recipe != "probe":
+            need(
+                int(self.folds) == 1,
+                "folds",
+                "K fine-tuned backbones in one model are not supported; use --recipe probe "
+                "for an ensemble of K probes fitted on K-1 of K patient folds, or --folds 1",
+            )
+            return
+        need(
+            self.pretrained is not None,
+            "pretrained",
+            "the probe recipe fits linear heads on the frozen backbone's features, and a "
+            "randomly initialised backbone gives useless features; give --pretrained "
+            "imagenet or a backbone weights file",
+        )
+        need(
+            not self.hidden,
+            "hidden",
+            "the probe recipe fits one linear layer on the pooled features; drop --hidden "
+            "(or use --recipe finetune)",
+        )
+        need(
+            self.pool == "avg",
+            "pool",
+            "the probe recipe uses average pooling (a GeM exponent would have to be "
+            "learned); use --pool avg",
+        )
+        need(
+            self.dropout == 0.0,
+            "dropout",
+            "the probe recipe's head has no dropout (its penalty is chosen by "
+            "cross-validation); use --dropout 0",
+        )
 
     def deterministic_on(self, device_type: str) -> bool:
         """Whether the run picks deterministic kernels on a device of ``device_type``:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -88,7 +89,18 @@ def train(
         progress: show a progress bar (rank 0 only).
         callbacks: observers of the run's events (:mod:`cxr.training.callbacks`); a
             TensorBoard callback is added when TensorBoard is installed.
+
+    ``config.recipe == "probe"`` fits a linear probe on frozen features instead
+    (:func:`cxr.training.probe.train_probe`).
     """
+    config, _ = _decided(config, train_cache, echo)
+    if config.recipe == "probe":
+        from cxr.training.probe import train_probe
+
+        return train_probe(
+            config, train_cache, val_cache, run_dir,
+            overwrite=overwrite, progress=progress, echo=echo, callbacks=callbacks,
+        )  # fmt: skip
     run_dir = Path(run_dir)
     info = dd.setup(config.device)
     if info.is_main:
@@ -115,6 +127,19 @@ def train(
             )
         )
     return _run(config, train_c, val_c, run_dir, info, None, progress, echo, callbacks)
+
+
+def _decided(
+    config: TrainConfig, train_cache: str | Path | PreparedCache, echo: Callable[[str], None]
+) -> tuple[TrainConfig, str | None]:
+    """``config`` with its "auto" settings decided by the training set's size (said once,
+    by the main process)."""
+    from cxr.training.defaults import resolve_auto
+
+    decided, line = resolve_auto(config, len(open_cache(train_cache)))
+    if line and int(os.environ.get("RANK", "0")) == 0:
+        echo(line)
+    return decided, line
 
 
 def resume(
@@ -290,7 +315,10 @@ def _epochs(
             chosen = calibration = None
             if improved:
                 chosen = dict(choose_thresholds(val_labels, probs, names, source="validation"))
-                calibration = epoch_calibration(config, val_labels, probs, names, val_b, echo)
+                train_labels = train_b.cache.table.labels[:, train_b.label_index]
+                calibration = epoch_calibration(
+                    config, val_labels, probs, names, val_b, echo, train_labels
+                )
             save_epoch(
                 run_dir,
                 engine,
