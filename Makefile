@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install chromium postgresql dicom3tools demo lint test clean
+.PHONY: install chromium postgresql dicom3tools orthanc demo lint test clean
 
 $(BIN)/cxr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -84,7 +84,28 @@ dicom3tools:
 		exit 1; \
 	fi
 
-test: lint chromium postgresql dicom3tools
+# The tests of the DICOM node against a real PACS start their own Orthanc (Debian's orthanc,
+# with the DICOMweb plugin of orthanc-dicomweb) in a temporary folder on loopback ports; the
+# Debian service is not used. Installed once with apt-get when run as root; otherwise it
+# stops and says what to do. CXR_ORTHANC names another Orthanc binary (its DICOMweb plugin:
+# CXR_ORTHANC_DICOMWEB); CXR_SKIP_ORTHANC=1 skips those tests.
+orthanc:
+	@if [ "$$CXR_SKIP_ORTHANC" = 1 ]; then exit 0; fi; \
+	if [ -n "$$CXR_ORTHANC" ] && [ -x "$$CXR_ORTHANC" ]; then exit 0; fi; \
+	if { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } && \
+		[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Orthanc and its DICOMweb plugin for the PACS tests of cxr dicom (apt-get)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc \
+			orthanc-dicomweb; \
+	else \
+		echo "make: the PACS tests of cxr dicom need Orthanc: run 'sudo apt-get install" \
+			"orthanc orthanc-dicomweb' (Debian) or 'sudo make orthanc', or set CXR_ORTHANC to" \
+			"an Orthanc binary, or CXR_SKIP_ORTHANC=1 to skip those tests" >&2; \
+		exit 1; \
+	fi
+
+test: lint chromium postgresql dicom3tools orthanc
 	$(BIN)/python -m pytest -q
 
 clean:
