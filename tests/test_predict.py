@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,12 @@ def base_image(h: int = 80, w: int = 100, seed: int = 0) -> np.ndarray:
     img = np.clip(img, 0, 255).astype(np.uint8)
     img[0, 0], img[-1, -1] = 0, 255
     return img
+
+
+def headlines(text: str) -> int:
+    """How many image headlines (cxr.thresholds.headline) a text report holds."""
+    starts = r"^  (At or above threshold: |No finding at or above|No thresholds)"
+    return len(re.findall(starts, text, re.M))
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
@@ -272,8 +279,8 @@ def made_up_result() -> PredictionResult:
 def test_text_has_headline_ranked_table_marks_and_notice():
     text = made_up_result().to_text()
     assert text.startswith(RESEARCH_NOTICE)
-    assert "Top finding: Effusion 0.91 (above threshold 0.42)" in text
-    assert "Top finding: Cardiomegaly 0.50 (no threshold stored)" in text
+    assert "  At or above threshold: Effusion 0.910\n" in text  # Mass 0.75 < 0.8: not named
+    assert "  No finding at or above its threshold (highest: Cardiomegaly 0.500)" in text
     block = text.split("x.png")[1].split("y.png")[0]
     rows = [ln.split() for ln in block.splitlines() if ln.strip()[:1].isdigit()]
     assert [r[1] for r in rows] == ["Effusion", "Mass", "Cardiomegaly"]  # ranked
@@ -282,13 +289,18 @@ def test_text_has_headline_ranked_table_marks_and_notice():
     assert "no threshold stored (Cardiomegaly)" in text
     assert "z.txt: unsupported: not a PNG or JPEG image" in text
     assert text.rstrip().endswith(RESEARCH_NOTICE)
+    # the headline names the findings at or above their thresholds, never one below
     assert (
         made_up_result().headline(np.array([0.1, 0.3, 0.5]))
-        == "Top finding: Mass 0.50 (below threshold 0.80)"
+        == "No finding at or above its threshold (highest: Mass 0.500, threshold 0.800)"
     )
     assert (
-        made_up_result().headline(np.array([0.1, 0.3, 0.803]))
-        == "Top finding: Mass 0.803 (above threshold 0.800)"
+        made_up_result().headline(np.array([0.9, 0.5, 0.8]))
+        == "At or above threshold: Effusion 0.500, Mass 0.800"
+    )
+    assert (
+        made_up_result().headline(np.array([0.1, 0.3, 0.7999]))
+        == "No finding at or above its threshold (highest: Mass 0.7999, threshold 0.8000)"
     )
 
 
@@ -323,7 +335,7 @@ def test_cli_predict_text_csv_and_explain(model_file, images, tmp_path, capsys):
     code = cli(["predict", str(model_file), str(folder), "--no-progress"])
     out = capsys.readouterr()
     assert code == 0
-    assert out.out.count("Top finding:") == 4 and RESEARCH_NOTICE in out.out
+    assert headlines(out.out) == 4 and RESEARCH_NOTICE in out.out
     assert "non-image file(s)" in out.out  # labels.csv was ignored, said so
     assert (
         cli(
@@ -410,4 +422,4 @@ def test_wired_into_cxr_main(model_file, images, capsys):
     from cxr import cli
 
     assert cli.main(["predict", str(model_file), str(images["png"]), "--no-progress"]) == 0
-    assert "Top finding:" in capsys.readouterr().out
+    assert headlines(capsys.readouterr().out) == 1

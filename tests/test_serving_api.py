@@ -275,7 +275,12 @@ def test_predict_ranks_every_label_with_headline_ood_and_notice(client, images):
         assert row["above_threshold"] == (None if t is None else probs[row["label"]] >= t)
     top = ranked[0]
     assert image["top_finding"]["label"] == top["label"]
-    assert image["headline"].startswith(f"Top finding: {top['label']} ")
+    present = [n for n in LABELS if THRESHOLDS.get(n) is not None and probs[n] >= THRESHOLDS[n]]
+    if present:  # the headline names exactly the findings at or above their thresholds
+        assert image["headline"].startswith("At or above threshold: ")
+        assert [x.rsplit(" ", 1)[0] for x in image["headline"][23:].split(", ")] == present
+    else:
+        assert image["headline"].startswith("No finding at or above its threshold")
     assert image["ood"] == {"available": False, "flag": None, "score": None}
     assert image["notice"] == RESEARCH_NOTICE
 

@@ -81,3 +81,42 @@ def test_load_errors_name_the_file(tmp_path):
     (tmp_path / "text.json").write_text(json.dumps({"Mass": "high"}))
     with pytest.raises(ValueError, match="'Mass' is 'high'"):
         Thresholds.load(tmp_path / "text.json")
+
+
+# the one headline ---------------------------------------------------------------------------
+def test_headline_names_every_finding_at_or_above_its_threshold_and_none_below():
+    from cxr.thresholds import headline
+
+    labels = ("Effusion", "Mass", "Nodule", "Edema")
+    t = {"Effusion": 0.5, "Mass": 0.3, "Nodule": 0.76, "Edema": 0.6}
+    p = [0.62, 0.31, 0.72, 0.6]
+    # Nodule has the highest probability but is below its threshold: not named
+    assert (
+        headline(labels, p, t) == "At or above threshold: Effusion 0.620, Mass 0.310, Edema 0.600"
+    )
+    p = [0.1, 0.2, 0.72, 0.3]
+    assert headline(labels, p, t) == (
+        "No finding at or above its threshold (highest: Nodule 0.720, threshold 0.760)"
+    )
+    assert headline(labels, p, {}) == "No thresholds stored (highest: Nodule 0.720)"
+    assert headline(labels, p, t, not_chest=True) == "Not a chest X-ray: no findings reported"
+    with pytest.raises(ValueError, match="3 probabilities for 4 labels"):
+        headline(labels, p[:3], t)
+
+
+def test_one_headline_for_the_table_the_json_and_the_dicom_result():
+    import numpy as np
+
+    from cxr.dicomout.record import ImageResult
+    from cxr.inference import ImagePrediction, PredictionResult
+
+    labels = ("Effusion", "Mass", "Nodule")
+    t = {"Effusion": 0.42, "Nodule": 0.76}
+    p = np.array([0.56, 0.9, 0.7], np.float32)
+    result = PredictionResult(labels, t, [ImagePrediction("a.dcm", p)])
+    dicom = ImageResult.from_prediction(
+        labels, p, t, not_chest=None, model_name="m", model_version="1", model_sha256="0" * 64
+    )
+    text = result.to_text()
+    assert result.headline(p) == dicom.headline() == "At or above threshold: Effusion 0.560"
+    assert "  " + dicom.headline() + "\n" in text

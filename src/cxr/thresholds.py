@@ -1,4 +1,5 @@
-"""The record of operating thresholds per label: what was chosen, how, and on what data.
+"""The record of operating thresholds per label: what was chosen, how, and on what data;
+and the one headline of an image's findings against them (:func:`headline`).
 
 :class:`Thresholds` is a read-only mapping label -> threshold (positive when ``p >= t``)
 with its rule and source; it saves to / loads from JSON (``{"method", "target",
@@ -12,14 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cxr.labels import canonical_label
 
-__all__ = ["Thresholds"]
+__all__ = ["Thresholds", "format_pair", "headline"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +118,54 @@ class Thresholds(Mapping[str, float]):
                 f'{path} is not valid JSON ({err}); write {{"Label": 0.5, ...}}'
             ) from err
         return cls.from_dict(data, where=str(path))
+
+
+def format_pair(p: float, t: float | None) -> tuple[str, str]:
+    """A probability and its threshold as text: 3 decimals, more (up to 9) where 3 would
+    show two different numbers alike (``0.42`` as float32 is 0.41999998 < 0.42), so a
+    shown p never seems to contradict its present/absent decision. ``t`` None -> ``""``."""
+    digits = 3
+    while t is not None and p != t and digits < 9 and f"{p:.{digits}f}" == f"{t:.{digits}f}":
+        digits += 1
+    return f"{p:.{digits}f}", "" if t is None else f"{t:.{digits}f}"
+
+
+def headline(
+    labels: Sequence[str],
+    probabilities: Sequence[float] | np.ndarray,
+    thresholds: Mapping[str, float | None],
+    not_chest: bool | None = None,
+) -> str:
+    """The one headline of an image, shown by the text table, the web page, the JSON, the
+    DICOM SR's summary and the Secondary Capture: the findings at or above their thresholds
+    (in label order, each with its p as the table shows it), or that none is, naming the
+    most probable finding and its threshold so that a reader sees how close it came::
+
+        At or above threshold: Effusion 0.912, Edema 0.640
+        No finding at or above its threshold (highest: Nodule 0.720, threshold 0.760)
+        Not a chest X-ray: no findings reported
+
+    Labels without a stored threshold are never called present (``thresholds`` maps a label
+    to its threshold on the scale of ``probabilities``, or lacks it / holds None)."""
+    if not_chest:
+        return "Not a chest X-ray: no findings reported"
+    probs = [float(p) for p in probabilities]
+    if len(probs) != len(labels):
+        raise ValueError(f"{len(probs)} probabilities for {len(labels)} labels")
+    present = [
+        f"{n} {format_pair(p, thresholds[n])[0]}"
+        for n, p in zip(labels, probs, strict=True)
+        if thresholds.get(n) is not None and p >= float(thresholds[n])  # type: ignore[arg-type]
+    ]
+    if present:
+        return "At or above threshold: " + ", ".join(present)
+    if not probs:
+        return "No finding at or above its threshold"
+    i = int(np.argmax(probs))
+    t = thresholds.get(labels[i])
+    if t is None:
+        if not any(thresholds.get(n) is not None for n in labels):
+            return f"No thresholds stored (highest: {labels[i]} {probs[i]:.3f})"
+        return f"No finding at or above its threshold (highest: {labels[i]} {probs[i]:.3f})"
+    ps, ts = format_pair(probs[i], float(t))
+    return f"No finding at or above its threshold (highest: {labels[i]} {ps}, threshold {ts})"

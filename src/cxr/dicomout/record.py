@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cxr.errors import CxrError
+from cxr.thresholds import format_pair, headline
 
 __all__ = ["DicomOutError", "ImageResult", "MissingExtraError", "format_pair"]
 
@@ -171,32 +172,15 @@ class ImageResult:
         return tuple(n for n, d in zip(self.labels, self.decisions, strict=True) if d)
 
     def headline(self) -> str:
-        """One line naming the findings at or above their thresholds, or saying none is
-        (or that the image is not a chest X-ray), e.g.
-        ``"At or above threshold: Effusion 0.912, Edema 0.640"`` (digits of
-        :func:`format_pair`)."""
-        if self.not_chest:
-            return "Not a chest X-ray: no findings reported"
-        present = [
-            f"{n} {format_pair(p, t)[0]}"
-            for n, p, t, d in zip(
-                self.labels, self.probabilities, self.thresholds, self.decisions, strict=True
-            )
-            if d
-        ]
-        if not present:
-            return "No finding at or above its threshold"
-        return "At or above threshold: " + ", ".join(present)
-
-
-def format_pair(p: float, t: float | None) -> tuple[str, str]:
-    """A probability and its threshold as text: 3 decimals, more (up to 9) where 3 would
-    show two different numbers alike (``0.42`` as float32 is 0.41999998 < 0.42), so a
-    shown p never seems to contradict its present/absent decision. ``t`` None -> ``""``."""
-    digits = 3
-    while t is not None and p != t and digits < 9 and f"{p:.{digits}f}" == f"{t:.{digits}f}":
-        digits += 1
-    return f"{p:.{digits}f}", "" if t is None else f"{t:.{digits}f}"
+        """The one headline of this image (:func:`cxr.thresholds.headline`, as the
+        table, the page and the JSON show it): the findings at or above their thresholds,
+        or that none is, or that the image is not a chest X-ray."""
+        return headline(
+            self.labels,
+            self.probabilities,
+            dict(zip(self.labels, self.thresholds, strict=True)),
+            not_chest=self.not_chest,
+        )
 
 
 def _check_unit(field: str, name: str, value: Any) -> None:

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from cxr import RESEARCH_NOTICE
+from cxr.thresholds import format_pair, headline
 
-__all__ = ["ImagePrediction", "PredictionResult"]
+__all__ = ["ImagePrediction", "PredictionResult", "format_pair", "headline"]
 
 
 def _tta_words(model: dict[str, Any]) -> str:
@@ -101,16 +102,9 @@ class PredictionResult:
         ]
 
     def headline(self, probabilities: np.ndarray) -> str:
-        """``"Top finding: Effusion 0.91 (above threshold 0.42)"`` (3 decimals where 2 would
-        show the probability and the threshold alike)."""
-        i = int(np.argmax(probabilities))
-        name, p = self.labels[i], float(probabilities[i])
-        if name not in self.thresholds:
-            return f"Top finding: {name} {p:.2f} (no threshold stored)"
-        t = self.thresholds[name]
-        digits = 2 if f"{p:.2f}" != f"{t:.2f}" else 3  # never "0.97 (above threshold 0.97)"
-        side = "above" if p >= t else "below"
-        return f"Top finding: {name} {p:.{digits}f} ({side} threshold {t:.{digits}f})"
+        """The one headline of an image (:func:`headline`): the findings at or above their
+        thresholds, or that none is."""
+        return headline(self.labels, probabilities, self.thresholds)
 
     def _image_dict(self, it: ImagePrediction) -> dict[str, Any]:
         p = it.values()

@@ -186,8 +186,7 @@
       text.append(el("span", "file-name ellipsis", item.name));
       let sub = "";
       if (item.status === "done") {
-        const top = item.image.top_finding;
-        sub = `${top.label} ${fmt(top.probability)}`;
+        sub = item.image.headline;
       } else if (item.status === "error") {
         sub = item.error;
       } else {
