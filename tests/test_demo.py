@@ -105,6 +105,9 @@ def test_demo_on_a_dataset(tmp_path):
     )
     assert "phantoms" not in written and "heldout" not in written
     assert str(tmp_path / "mine") in lines[1]
+    # cxr train's size-based default: a small set gets the probe on a pretrained backbone
+    chosen = [ln for ln in lines if ln.startswith("default chosen by the data")]
+    assert len(chosen) == 1 and "recipe probe" in chosen[0], lines
     assert headlines(written["predictions"].read_text()) >= 1
     assert json.loads((tmp_path / "out" / "report" / "report.json").read_text())["labels"]
     assert (

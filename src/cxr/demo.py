@@ -49,7 +49,7 @@ def run_demo(
     seed: int = 0,
     data: str | Path | None = None,
     epochs: int = 16,
-    backbone: str = "cxr-small-cnn",
+    backbone: str | None = None,
     device: str = "auto",
     echo: Callable[[str], None] = print,
 ) -> dict[str, Path]:
@@ -64,9 +64,12 @@ def run_demo(
         seed: seed of the phantoms, the split and the training.
         data: a dataset in any format :func:`cxr.datasets.load_dataset` reads, instead of
             phantoms.
-        epochs: training epochs (all fine-tuning: the small CNN has no pretrained weights;
-            other backbones train the head for 1 epoch first).
-        backbone: a registered backbone name (``cxr.models.available_backbones()``).
+        epochs: training epochs of a fine-tuned backbone (all fine-tuning: the small CNN
+            has no pretrained weights; other backbones train the head for 1 epoch first).
+        backbone: a registered backbone name (``cxr.models.list_backbones()``). None:
+            ``cxr-small-cnn`` on phantoms; with ``data``, the size-based default of
+            ``cxr train`` (:mod:`cxr.training.defaults`: recipe, backbone and weights
+            chosen by the training set's size), ``epochs`` then unused unless it fine-tunes.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         echo: where progress lines go (``print`` by default).
     """
@@ -96,7 +99,9 @@ def run_demo(
 
     parts = _split(table, out, seed, written, echo)
     caches = _prepare(parts, out, size, workers, progress, written, echo)
-    best = _train(caches, out, seed, epochs, backbone, device, progress, written, figures, echo)
+    best = _train(
+        caches, out, seed, epochs, backbone, device, progress, written, figures, echo, data
+    )
     _evaluate(best, caches["test"], out, device, written, figures, echo)
     held = _held_out(data, out, seed, size, workers, parts["test"], written, echo)
     _predict_and_explain(best, held, out, device, written, echo)
@@ -168,27 +173,35 @@ def _train(
     out: Path,
     seed: int,
     epochs: int,
-    backbone: str,
+    backbone: str | None,
     device: str,
     progress: bool,
     written: dict,
     figures: dict,
     echo,
+    data: str | Path | None = None,
 ) -> Path:
     from cxr.training import TrainConfig, train
 
-    scratch = backbone == "cxr-small-cnn"
-    config = TrainConfig(
-        backbone=backbone,
-        pool="gem",
-        phase1_epochs=0 if scratch else 1,
-        phase2_epochs=epochs,
-        phase2_lr=3e-3 if scratch else 1e-4,
-        batch_size=32,
-        device=device,
-        seed=seed,
-    )
-    echo(f"[4/7] training {backbone} for {config.epochs} epochs into {out / 'run'}")
+    if backbone is None and data:  # the default of cxr train, decided by the data
+        config = TrainConfig(batch_size=32, device=device, seed=seed)
+        echo(f"[4/7] training (cxr train's default for this data) into {out / 'run'}")
+    else:
+        backbone = backbone or "cxr-small-cnn"
+        scratch = backbone == "cxr-small-cnn"
+        config = TrainConfig(
+            recipe="finetune",
+            backbone=backbone,
+            pretrained=None if scratch else "auto",
+            pool="gem",
+            phase1_epochs=0 if scratch else 1,
+            phase2_epochs=epochs,
+            phase2_lr=3e-3 if scratch else 1e-4,
+            batch_size=32,
+            device=device,
+            seed=seed,
+        )
+        echo(f"[4/7] training {backbone} for {config.epochs} epochs into {out / 'run'}")
     result = train(
         config, caches["train"], caches["val"], out / "run", progress=progress, echo=echo
     )

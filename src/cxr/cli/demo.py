@@ -40,8 +40,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--epochs", type=int, default=16, help="training epochs (default: %(default)s)")
     p.add_argument(
         "--backbone",
-        default="cxr-small-cnn",
-        help="backbone to train (default: %(default)s; densenet121 wants a GPU)",
+        default=None,
+        help="backbone to train (default: cxr-small-cnn on phantoms; with --data, the "
+        "default of cxr train, decided by the training set's size: the probe on "
+        "efficientnet-lite0 for a small set; densenet121 wants a GPU)",
     )
     add_device(p, default="auto")
     add_seed(p, "seed of phantoms, split and training")
