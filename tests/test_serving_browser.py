@@ -1,8 +1,8 @@
 """The page of ``cxr serve`` in a real browser: Playwright driving headless Chromium uploads
 a phantom PNG and a DICOM, waits for the ranked table and the Grad-CAM overlay, checks the
-research-use notice, the opacity control, drag-and-drop, the JSON download and the
-not-a-chest-X-ray warning, that nothing is fetched from anywhere but the server, and saves
-a screenshot that must not be blank.
+research-use notice, the opacity control, drag-and-drop, the JSON download, the DICOM SR
+link of the DICOM and the not-a-chest-X-ray warning, that nothing is fetched from anywhere
+but the server, and saves a screenshot that must not be blank.
 
 The browser is Debian's ``chromium`` (``make test`` installs it; ``$CXR_CHROMIUM`` names
 another binary). Without it this test FAILS rather than skips: the page is part of the
@@ -62,7 +62,16 @@ def uploads(tmp_path_factory) -> dict[str, Path]:
     nodule, _ = render_phantom(rng, 320, ["Nodule"])
     png = tmp / "phantom-effusion.png"
     Image.fromarray(effusion).save(png)
-    dcm = write_dicom(tmp / "phantom-nodule.dcm", nodule.astype(np.uint16) * 257, "MONOCHROME2")
+    # the study a DICOM SR joins: its UIDs and the patient and study attributes it copies
+    study = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1", "Modality": "DX"}
+    study["SeriesInstanceUID"] = "1.2.826.0.1.3680043.8.498.2"
+    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID"):
+        study[keyword] = ""
+    for keyword in ("StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName"):
+        study[keyword] = ""
+    dcm = write_dicom(
+        tmp / "phantom-nodule.dcm", nodule.astype(np.uint16) * 257, "MONOCHROME2", **study
+    )
     return {"png": png, "dicom": dcm}
 
 
@@ -138,6 +147,7 @@ def test_upload_table_overlay_notice_and_screenshot(browser, server, uploads, tm
         notice = page.locator(".result-notice")
         assert notice.is_visible() and "Research use only" in notice.inner_text()
         assert page.locator("[data-testid=banner-notice]").is_visible()
+        assert not page.locator("#download-sr").is_visible()  # a PNG has no DICOM SR
         assert "not available" in page.inner_text("#ood-status")
         assert not page.locator("#ood-warning").is_visible()
         # the overlay follows the selected label, with an opacity control
@@ -173,6 +183,21 @@ def test_upload_table_overlay_notice_and_screenshot(browser, server, uploads, tm
         )
         wait_for_result(page, len(SYNTH_LABELS))
         assert page.get_attribute("#base-image", "src").startswith(("blob:", "data:image/png"))
+        # the DICOM's SR: a link next to the headline, reached by keyboard, and its href
+        sr_link = page.get_by_role("link", name="Download DICOM SR")
+        sr_link.wait_for(state="visible")
+        href = sr_link.get_attribute("href")
+        status, ctype = page.evaluate(
+            "async (h) => { const r = await fetch(h);"
+            " return [r.status, r.headers.get('content-type')]; }",
+            href,
+        )
+        assert href.startswith("v1/results/") and (status, ctype) == (200, "application/dicom")
+        sr_link.focus()
+        with page.expect_download() as info:
+            page.keyboard.press("Enter")
+        assert info.value.suggested_filename == "phantom-nodule_sr.dcm"
+        assert Path(info.value.path()).read_bytes()[128:132] == b"DICM"
         # drag and drop onto the zone
         data = base64.b64encode(uploads["png"].read_bytes()).decode()
         page.evaluate(

@@ -9,7 +9,8 @@ flag), then writes ``OUT/<stem>_sr.dcm`` (:func:`~.sr.write_sr`) and ``OUT/<stem
 (:func:`~.sc.write_sc`). The SC's picture is the Grad-CAM overlay of the top findings
 (one tile per finding, side by side, each captioned with the finding and its table p),
 at the source image's size. Files that are not DICOM are skipped (an SR and an SC must
-reference a source SOP instance) and named in ``skipped``.
+reference a source SOP instance) and named in ``skipped``. :func:`image_result` makes the
+record; ``cxr serve`` builds the SR it offers for download from the same function.
 
 Research use only: cxr is not a medical device and its outputs are not a diagnosis.
 """
@@ -36,7 +37,7 @@ from cxr.modelformat.filehash import file_sha256
 if TYPE_CHECKING:
     from cxr.inference import ImagePrediction, PredictionResult, Predictor
 
-__all__ = ["MAX_TILE_SIDE", "overlay_tiles", "write_dicom_results"]
+__all__ = ["MAX_TILE_SIDE", "image_result", "overlay_tiles", "write_dicom_results"]
 
 #: The longest side (pixels) of one overlay tile of the SC; larger images are scaled down.
 MAX_TILE_SIDE = 1024
@@ -102,9 +103,18 @@ def _read_source(path: str) -> Any:
         raise DicomOutError(f"cannot read the source DICOM {path}: {err}") from None
 
 
-def _image_result(
-    predictor: Predictor, result: PredictionResult, item: ImagePrediction, sha: str
+def image_result(
+    predictor: Predictor,
+    result: PredictionResult,
+    item: ImagePrediction,
+    model_sha256: str,
 ) -> ImageResult:
+    """The one record the SR and the SC of ``item`` carry (``cxr predict --dicom-out`` and
+    ``cxr serve``'s SR download both build it here): ``item``'s float32 (L,) probabilities
+    as the prediction table shows them, ``result.labels`` and ``result.thresholds``, the
+    gate's flag, the model's backbone as its name, cxr's version and ``model_sha256`` (the
+    model file's SHA-256, 64 hex digits). Raises :class:`~.record.DicomOutError` when a
+    value cannot go into DICOM; a ValueError when ``item`` was skipped."""
     return ImageResult.from_prediction(
         result.labels,
         item.values(),
@@ -112,7 +122,7 @@ def _image_result(
         not_chest=item.ood_flag,
         model_name=str(predictor.spec.backbone)[:64],
         model_version=__version__,
-        model_sha256=sha,
+        model_sha256=model_sha256,
     )
 
 
@@ -177,7 +187,7 @@ def write_dicom_results(
     used: set[str] = set()
     for it in dicoms:
         source = _read_source(it.path)
-        record = _image_result(predictor, result, it, sha)
+        record = image_result(predictor, result, it, sha)
         probs = it.values()
         heatmaps: list[np.ndarray] = []
         captions: list[str] = []

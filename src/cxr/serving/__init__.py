@@ -14,7 +14,10 @@
   what FastAPI cannot infer of the OpenAPI description;
 - :mod:`~cxr.serving.batching` — concurrent requests gathered into micro-batches;
 - :mod:`~cxr.serving.uploads`, :mod:`~cxr.serving.limits` — uploads read into memory,
-  the streamed size limit; :mod:`~cxr.serving.metrics` — Prometheus text.
+  the streamed size limit; :mod:`~cxr.serving.metrics` — Prometheus text;
+- :mod:`~cxr.serving.dicomsr`, :mod:`~cxr.serving.results` — the DICOM SR of each DICOM
+  upload (as ``cxr predict --dicom-out`` builds it), kept in a bounded in-memory store for
+  download at ``/v1/results/<token>/sr.dcm``.
 
 Needs the ``serve`` extra (``pip install 'cxr[serve]'``: fastapi, uvicorn, python-multipart).
 Research use only: nothing the service answers is a diagnosis.

@@ -50,7 +50,9 @@ def prediction_body(
 ) -> dict[str, Any]:
     """``PredictionResult.to_dict()`` (what ``cxr predict --format json`` prints), each
     image with ``ranked`` (every label by probability, with its threshold and whether it is
-    reached), ``headline``, ``ood`` and ``notice`` added."""
+    reached), ``headline``, ``ood``, ``notice``, ``sr`` and ``sr_note`` (None and "" here:
+    the service names the DICOM SR's URL or why there is none, :mod:`cxr.serving.dicomsr`)
+    added."""
     result = PredictionResult(tuple(labels), dict(thresholds), items, model=dict(model))
     body = result.to_dict()
     for item, image in zip(result.predicted, body["images"], strict=True):
@@ -71,6 +73,8 @@ def prediction_body(
             "headline": result.headline(p),
             "ood": ood_report(item),
             "notice": RESEARCH_NOTICE,
+            "sr": None,  # the service sets the URL of a DICOM upload's SR
+            "sr_note": "",  # or why there is none
         }
         for key, value in extra.items():
             image.setdefault(key, value)
@@ -150,6 +154,9 @@ def model_info(
                 "max_batch_size": settings.max_batch_size,
                 "max_wait_ms": settings.max_wait_ms,
                 "max_queue": settings.max_queue,
+                "results_kept": settings.results_kept,
+                "results_max_bytes": settings.results_max_bytes,
+                "results_ttl_s": settings.results_ttl_s,
             },
         }
     )

@@ -22,6 +22,7 @@ BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
 _ERROR_TEXT = {
     400: "Malformed request (multipart body, Content-Length)",
     401: "Missing or wrong API key (`Authorization: Bearer ...`)",
+    404: "Unknown or expired result (SRs are kept for a limited time and number)",
     413: "Request body over the size limit, or too many files",
     415: "Not multipart/form-data, or no file is a PNG, JPEG or DICOM (decided from bytes)",
     422: "Unusable image (empty, truncated, decompression bomb, DICOM without usable "
@@ -96,12 +97,22 @@ Upload chest X-rays (PNG, JPEG or DICOM; the format is decided from the bytes) a
 label of the model ranked by probability with its threshold, and Grad-CAM heatmaps.
 
 - `POST /v1/predict`: multipart field `files` (one or more); the record `cxr predict --format
-  json` prints, per image with `ranked`, `headline`, `ood` and `notice`.
+  json` prints, per image with `ranked`, `headline`, `ood`, `notice`, `sr` and `sr_note`.
+- `GET /v1/results/{{token}}/sr.dcm`: for a DICOM upload, the image's `sr` is the URL of its
+  DICOM SR (`application/dicom`, Comprehensive 3D SR with the TID 1500 measurement report, as
+  `cxr predict --dicom-out` writes it): the same probabilities, thresholds and decisions as
+  the JSON, in the source's study. A PNG or JPEG has `sr: null` (an SR must reference a
+  DICOM source image by its UIDs); so has a DICOM without its UIDs, or every DICOM when
+  highdicom is not installed; `sr_note` says why. SRs are kept in memory for a limited time
+  and number (`limits` of `/v1/model`; then 404) and need the API key as every `/v1` call
+  does. The SR is a resource of its own, so `/v1/predict` always answers JSON and a client
+  fetches only the SRs it wants.
 - `POST /v1/explain`: multipart `file`, optional `labels` (comma-separated) or `top_k`, and
   `method` (`gradcam`, `gradcam++`); heatmaps and overlays as base64 PNG.
 - `POST /v1/preview`: the image as the server decodes it, PNG.
 - `GET /v1/model`: the model and its file; `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
-Uploads are processed in memory; nothing is written to disk or logged about them.
+Uploads are processed in memory; nothing is written to disk or logged about them. The SRs
+kept for download carry the source's patient and study attributes: they stay in memory only.
 **{RESEARCH_NOTICE}**
 """

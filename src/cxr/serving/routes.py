@@ -8,7 +8,7 @@ import hmac
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -80,8 +80,8 @@ def _api_key_check(api_key: str) -> Any:
 
 
 def api_router(service: Service) -> APIRouter:
-    """The API under ``/v1``: ``model``, ``predict``, ``explain``, ``preview`` (behind the
-    API key when the settings have one)."""
+    """The API under ``/v1``: ``model``, ``predict``, ``explain``, ``preview`` and
+    ``results/{token}/sr.dcm`` (all behind the API key when the settings have one)."""
     api_key = service.settings.api_key
     v1 = APIRouter(
         prefix="/v1",
@@ -115,7 +115,8 @@ def api_router(service: Service) -> APIRouter:
         """Every label of each image ranked by probability, with its threshold and whether
         it is reached, the headline, the not-a-chest-X-ray check and the notice. The same
         record as `cxr predict --format json`; files that cannot be read are listed under
-        `skipped` (415/422 when none can)."""
+        `skipped` (415/422 when none can). Each DICOM upload's `sr` names the URL of its
+        DICOM SR (`GET /v1/results/{token}/sr.dcm`); `null` for PNG and JPEG."""
         return JSONResponse(await service.predict(request))
 
     @v1.post(
@@ -160,6 +161,37 @@ def api_router(service: Service) -> APIRouter:
         """The image as the server decodes it (DICOM windowing applied), fitted into the
         model's square at the display size: a gray PNG."""
         return Response(await service.preview(request), media_type="image/png")
+
+    @v1.get(
+        "/results/{token}/sr.dcm",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"application/dicom": {"schema": BINARY}},
+                "description": "the DICOM SR file (attachment)",
+                "headers": {
+                    "Content-Disposition": {
+                        "description": "attachment; filename=<upload>_sr.dcm",
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
+            **error_responses(*auth, 404),
+        },
+    )
+    async def result_sr(
+        token: str = Path(description="the token of the `sr` URL of a `/v1/predict` answer"),
+    ) -> Response:
+        """The DICOM SR (Comprehensive 3D SR, TID 1500) of one DICOM image of a
+        `/v1/predict` answer: the same probabilities, thresholds and decisions as its JSON,
+        in the source's study, as `cxr predict --dicom-out` writes it. Kept in memory for
+        a limited time and number (`/v1/model`'s `limits`); 404 once expired or evicted."""
+        found = service.result(token)
+        return Response(
+            found.data,
+            media_type=found.media_type,
+            headers={"Content-Disposition": f'attachment; filename="{found.filename}"'},
+        )
 
     return v1
 

@@ -86,6 +86,15 @@ class ImageResult(_Open):
     headline: str
     ood: OutOfDistribution
     notice: str
+    sr: str | None = Field(
+        default=None,
+        description="for a DICOM upload: the URL path (GET, same API key) of the DICOM SR "
+        "(Comprehensive 3D SR, TID 1500) of exactly this prediction, kept for a limited time "
+        "(see the API description); null for a PNG or JPEG (an SR must reference a DICOM "
+        "source image's study, series and SOP instance UIDs), for a DICOM without those UIDs, "
+        "and without highdicom installed; `sr_note` says why",
+    )
+    sr_note: str = Field(default="", description="empty, or why `sr` is null")
 
 
 class PredictResponse(_Open):

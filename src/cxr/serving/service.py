@@ -4,8 +4,10 @@ metrics, and what each endpoint does with a request (:class:`Service`).
 Everything runs on the inference package: a :class:`~cxr.inference.Predictor` (torch or
 another backend) predicts, :func:`cxr.images.load_bytes` decodes uploads exactly as
 ``cxr predict`` decodes files, and :func:`cxr.explain.explainer_for` makes the heatmaps as
-``cxr predict --explain`` makes them. One model per process; see :mod:`cxr.serving.batching`
-for how concurrent requests share it.
+``cxr predict --explain`` makes them, and :mod:`cxr.serving.dicomsr` builds the DICOM SR of
+each DICOM upload as ``cxr predict --dicom-out`` does, kept for download in a bounded
+:class:`~cxr.serving.results.ResultStore`. One model per process; see
+:mod:`cxr.serving.batching` for how concurrent requests share it.
 
 Research use only: nothing the service answers is a diagnosis.
 """
@@ -28,9 +30,11 @@ from cxr.images import ImageReadError, load_bytes
 from cxr.inference import ImagePrediction, Predictor
 from cxr.serving.answers import model_info, prediction_body
 from cxr.serving.batching import BatcherStopped, MicroBatcher, QueueFull
+from cxr.serving.dicomsr import SrOffers
 from cxr.serving.encoding import explanation_body, png
 from cxr.serving.errors import ServiceError, unreadable
 from cxr.serving.metrics import Metrics
+from cxr.serving.results import ResultStore, StoredResult
 from cxr.serving.settings import ServeSettings
 from cxr.serving.uploads import Upload, UploadForm, read_form
 
@@ -52,6 +56,7 @@ ENDPOINTS = (
     "/v1/explain",
     "/v1/preview",
 )
+_RESULTS_PREFIX = "/v1/results/"
 _EXPLAIN_TORCH = (
     "explanations need the torch backend (or an ONNX file from cxr export whose head has "
     "no hidden layers); serve the .safetensors model file with --backend torch for heatmaps"
@@ -87,7 +92,7 @@ class Service:
         self.explaining = 0
         self.metrics = Metrics(
             ENDPOINTS,
-            prefixes=("/static/", "/docs-assets/"),
+            prefixes=("/static/", "/docs-assets/", _RESULTS_PREFIX),
             queue_depth=lambda: 0 if self.batcher is None else self.batcher.depth,
         )
         self.explainer, self.no_explanations = _explainer(predictor)
@@ -95,6 +100,10 @@ class Service:
         self.info = model_info(
             predictor, settings, None if self.explainer is not None else self.no_explanations
         )
+        self.results = ResultStore(
+            settings.results_kept, settings.results_max_bytes, settings.results_ttl_s
+        )
+        self.srs = SrOffers(predictor, self.info["file"]["sha256"], self.results)
 
     # life cycle ------------------------------------------------------------------------
     @asynccontextmanager
@@ -214,7 +223,10 @@ class Service:
             else self._item(up.name, next(rows))
             for up, d in zip(form.files, decoded, strict=True)
         ]
-        return self.prediction_body(items)
+        body = self.prediction_body(items)
+        root = str(request.scope.get("root_path", ""))
+        await self._in(self.decode_pool, self.srs.attach, form.files, items, body, root)
+        return body
 
     def prediction_body(self, items: list[ImagePrediction]) -> dict[str, Any]:
         """:func:`~cxr.serving.answers.prediction_body` of this model."""
@@ -289,6 +301,19 @@ class Service:
             self.size,
         )
 
+    def result(self, token: str) -> StoredResult:
+        """``/v1/results/{token}/sr.dcm``: the kept SR of ``token`` (404 when unknown or
+        expired)."""
+        found = self.results.get(token)
+        if found is None:
+            raise ServiceError(
+                404,
+                "no such result: it is unknown or expired (DICOM SRs are kept "
+                f"{self.settings.results_ttl_s} s, the last {self.settings.results_kept}); "
+                "send the image to /v1/predict again for a new one",
+            )
+        return found
+
     async def preview(self, request: Request) -> bytes:
         """``/v1/preview``: the image as decoded, at the display size, as a gray PNG."""
         upload, _ = await self._one_image(request)
@@ -302,7 +327,8 @@ class Service:
 
 def _quiet_pydicom() -> Callable[[], None]:
     """No DICOM values in the service's log: pydicom's value-validation warnings (which may
-    quote a tag) are turned off while the service runs; returns the undo."""
+    quote a tag) are turned off, and pydicom and highdicom log errors only, while the
+    service runs; returns the undo."""
     try:
         from pydicom import config
     except ImportError:  # pragma: no cover - pydicom is a dependency
@@ -312,12 +338,14 @@ def _quiet_pydicom() -> Callable[[], None]:
         return lambda: None
     before = settings.reading_validation_mode
     settings.reading_validation_mode = config.IGNORE
-    logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("pydicom", "highdicom")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:  # highdicom tells every attribute it copies at INFO and DEBUG
+        logger.setLevel(logging.ERROR)
 
     def restore() -> None:
         settings.reading_validation_mode = before
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
     return restore

@@ -27,6 +27,10 @@ class ServeSettings:
         api_key: when set, ``/v1/*`` needs ``Authorization: Bearer <api_key>`` (401 without).
         cors_origins: origins allowed to call the API from a browser; none = CORS off.
         display_size: side of the preview and heatmap PNGs (at least the model's input side).
+        results_kept: DICOM SRs of DICOM uploads kept for download at most (the oldest go
+            first); see :mod:`cxr.serving.results`.
+        results_max_bytes: bytes of kept SRs at most.
+        results_ttl_s: seconds an SR is kept for download (then its URL answers 404).
     """
 
     max_request_bytes: int = 20 * 1024 * 1024
@@ -39,6 +43,9 @@ class ServeSettings:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     display_size: int = 512
+    results_kept: int = 64
+    results_max_bytes: int = 64 * 1024 * 1024
+    results_ttl_s: int = 900
 
     def __post_init__(self) -> None:
         for name in (
@@ -49,6 +56,9 @@ class ServeSettings:
             "max_explanations",
             "retry_after_s",
             "display_size",
+            "results_kept",
+            "results_max_bytes",
+            "results_ttl_s",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -39,6 +39,28 @@
     return p === null || p === undefined ? "—" : Number(p).toFixed(3);
   }
 
+  // a file name for downloads: letters, digits, ".", "_" and "-"
+  function safeName(name) {
+    return name.replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^[._]+/, "") || "image";
+  }
+
+  function saveBlob(blob, filename) {
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = filename;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  }
+
+  // the SR's URL relative to the page (the API answers it from the server's root; the page
+  // may be served under a sub-path)
+  function srHref(url) {
+    const at = url.indexOf("v1/results/");
+    return at >= 0 ? url.slice(at) : url;
+  }
+
   function el(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
@@ -237,6 +259,7 @@
     body.replaceChildren();
     const image = item.image;
     $("download-json").disabled = !item.result;
+    renderSrLink(item);
     $("ood-warning").hidden = true;
     $("ood-status").textContent = "";
     const notice = document.querySelector(".result-notice");
@@ -297,6 +320,21 @@
     }
     table.hidden = false;
     fillLabels(image);
+  }
+
+  // the DICOM SR of a DICOM upload: a link next to the headline (none for PNG and JPEG)
+  function renderSrLink(item) {
+    const link = $("download-sr");
+    const url = item.image && item.image.sr ? srHref(item.image.sr) : null;
+    $("sr-note").textContent = "";
+    link.hidden = !url;
+    if (url) {
+      link.href = url;
+      link.download = safeName(item.name).replace(/\.(dcm|dicom)$/i, "") + "_sr.dcm";
+    } else {
+      link.removeAttribute("href");
+      link.removeAttribute("download");
+    }
   }
 
   function fillLabels(image) {
@@ -407,13 +445,21 @@
     const item = current();
     if (!item || !item.result) return;
     const blob = new Blob([JSON.stringify(item.result, null, 2) + "\n"], { type: "application/json" });
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(blob);
-    link.download = item.name.replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^[._]+/, "") + ".cxr.json";
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+    saveBlob(blob, safeName(item.name) + ".cxr.json");
+  });
+  // fetched here rather than followed: the request carries the API key, and an expired SR
+  // says so on the page instead of saving an error as a .dcm file
+  $("download-sr").addEventListener("click", async (event) => {
+    event.preventDefault();
+    const link = event.currentTarget;
+    const href = link.getAttribute("href");
+    if (!href) return;
+    $("sr-note").textContent = "";
+    try {
+      saveBlob(await (await api(href)).blob(), link.download || "result_sr.dcm");
+    } catch (err) {
+      $("sr-note").textContent = `No DICOM SR: ${err.message}`;
+    }
   });
 
   applyOpacity();
