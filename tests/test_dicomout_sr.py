@@ -181,3 +181,29 @@ def test_probabilities_equal_the_input_for_random_values(tmp_path: Path):
     ds = pydicom.dcmread(write_sr(tmp_path / "r.dcm", source_dx(), result(probs=probs)))
     groups = _groups(ds)
     assert [_number(groups[n], "122157") for n in LABELS] == [float(p) for p in probs]
+
+
+def test_source_without_patient_and_study_attributes_still_gets_valid_results(tmp_path: Path):
+    from cxr.dicomout import write_sc
+
+    src = source_dx()
+    patient_and_study = (
+        "PatientName PatientID PatientBirthDate PatientSex StudyDate StudyTime StudyID "
+        "AccessionNumber ReferringPhysicianName"
+    )
+    for keyword in patient_and_study.split():
+        if keyword in src:
+            delattr(src, keyword)
+    sr_path = write_sr(tmp_path / "sr.dcm", src, result())
+    sc_path = write_sc(tmp_path / "sc.dcm", src, np.zeros((64, 64, 3), np.uint8), result())
+    for path in (sr_path, sc_path):
+        assert not [ln for ln in dciodvfy(path) if ln.startswith("Error")]
+        assert pydicom.dcmread(path).PatientID == ""
+    assert "PatientID" not in src  # the caller's dataset is left as it was
+
+
+def test_source_without_modality_is_refused_by_name():
+    src = source_dx()
+    del src.Modality
+    with pytest.raises(DicomOutError, match="no Modality"):
+        build_sr(src, result())

@@ -25,7 +25,7 @@ import numpy as np
 from cxr import RESEARCH_NOTICE, __version__
 from cxr.dicomout.files import save_dataset
 from cxr.dicomout.record import DicomOutError, ImageResult, format_pair, require_highdicom
-from cxr.dicomout.uids import result_uids, source_image
+from cxr.dicomout.uids import result_source, result_uids, source_image
 
 __all__ = [
     "SC_SERIES_DESCRIPTION",
@@ -128,6 +128,7 @@ def build_sc(
     hd = require_highdicom()
     if not isinstance(result, ImageResult):
         raise DicomOutError(f"build_sc: an ImageResult is needed, got {type(result).__name__}")
+    source = result_source(source)  # no pixels; empty Type 2 patient/study attributes added
     src = source_image(source)
     pixels, _ = render_panel(overlay, result)
     uids = result_uids("sc", src, result.model_sha256)

@@ -36,7 +36,7 @@ from cxr import RESEARCH_NOTICE, __version__
 from cxr.dicomout import codes
 from cxr.dicomout.files import save_dataset
 from cxr.dicomout.record import DicomOutError, ImageResult, require_highdicom
-from cxr.dicomout.uids import derive_uid, result_uids, source_image
+from cxr.dicomout.uids import derive_uid, result_source, result_uids, source_image
 
 __all__ = ["SR_SERIES_DESCRIPTION", "SR_SERIES_NUMBER", "build_sr", "write_sr"]
 
@@ -58,6 +58,7 @@ def build_sr(source: Any, result: ImageResult, *, series_number: int = SR_SERIES
 
     if not isinstance(result, ImageResult):
         raise DicomOutError(f"build_sr: an ImageResult is needed, got {type(result).__name__}")
+    source = result_source(source)  # no pixels; empty Type 2 patient/study attributes added
     src = source_image(source)
     uids = result_uids("sr", src, result.model_sha256)
     sr = hd.sr

@@ -19,7 +19,14 @@ from typing import Any
 
 from cxr.dicomout.record import DicomOutError
 
-__all__ = ["ResultUids", "SourceImage", "derive_uid", "result_uids", "source_image"]
+__all__ = [
+    "ResultUids",
+    "SourceImage",
+    "derive_uid",
+    "result_source",
+    "result_uids",
+    "source_image",
+]
 
 # a fixed namespace for cxr's result UIDs (itself a name-based UUID, so it never changes)
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr:dicomout:result-uids:v1")
@@ -85,3 +92,44 @@ def result_uids(kind: str, source: SourceImage, model_sha256: str) -> ResultUids
         series_uid=derive_uid("series", kind, source.study_uid, model_sha256),
         instance_uid=derive_uid("instance", kind, source.sop_instance_uid, model_sha256),
     )
+
+
+#: Type 2 patient and study attributes that highdicom copies from the source into a result:
+#: empty when a source lacks them (as its own IOD allows), so that such a file still gets one.
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def result_source(dataset: Any) -> Any:
+    """The source image's header as a result is built from: a copy of ``dataset`` (a pydicom
+    Dataset) without its pixel data, the Type 2 patient and study attributes it lacks added
+    empty. A :class:`DicomOutError` names a missing UID or a missing Modality (Type 1 in CR,
+    DX and every image IOD)."""
+    import copy
+
+    from pydicom.dataset import Dataset
+
+    source_image(dataset)
+    modality = getattr(dataset, "Modality", None)
+    if modality is None or not str(modality).strip():
+        raise DicomOutError("the source image has no Modality: a result cannot reference it")
+    header = Dataset()
+    for element in dataset:
+        if element.keyword != "PixelData":
+            header.add(copy.deepcopy(element))
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None:
+        header.file_meta = copy.deepcopy(meta)
+    for keyword in _TYPE2_COPIED:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header
