@@ -199,3 +199,22 @@ def test_cv_folds_follow_the_patients(phantom_caches_small):
     assert len(np.unique(cv_folds(config, few))) == patients
     with pytest.raises(TrainError, match="folds"):
         cv_folds(config.replace(folds=patients + 1), few)
+
+
+def test_resume_and_summary_speak_of_a_probe(probe_run, capsys):
+    from cxr.training import resume
+    from cxr.training.config import TrainError
+
+    with pytest.raises(TrainError, match="probe run.*--overwrite"):
+        resume(probe_run)
+    assert main(["train", "--resume", str(probe_run)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_the_command_summary_reports_the_cross_validated_auc(
+    phantom_caches_300, weights, tmp_path, capsys
+):
+    assert main(_args(phantom_caches_300, weights, tmp_path / "r")) == 0
+    out = capsys.readouterr().out
+    assert "probe: cross-validated macro AUC on the training set" in out
+    assert "epochs run" not in out and "throughput" not in out

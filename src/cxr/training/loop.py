@@ -162,6 +162,12 @@ def resume(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TrainError(f"cannot resume {run_dir}: no such run folder")
+    run_json = run_dir / "run.json"
+    if run_json.is_file() and json.loads(run_json.read_text()).get("recipe") == "probe":
+        raise TrainError(
+            f"{run_dir} is a probe run: it is fitted in one pass and has nothing to resume; "
+            "run the same cxr train command again with --overwrite to refit it"
+        )
     for name in ("config.yaml", "run.json", "state.pt"):
         if not (run_dir / name).is_file():
             raise TrainError(

@@ -35,6 +35,16 @@ class TrainResult:
 
 def run_summary(result: TrainResult) -> str:
     """A few lines about a finished run, for the command line."""
+    last_row = result.history[-1] if result.history else {}
+    if "cv_macro_auc" in last_row:  # the probe recipe: one fit, no epochs
+        return "\n".join(
+            [
+                f"run folder: {result.run_dir}",
+                f"probe: cross-validated macro AUC on the training set "
+                f"{last_row['cv_macro_auc']:.4f}, validation macro AUC {result.best_auc:.4f}",
+                f"model: {result.best_model}",
+            ]
+        )
     lines = [
         f"run folder: {result.run_dir}",
         f"epochs run: {result.epochs_run}; best validation macro AUC "
