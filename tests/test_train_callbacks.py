@@ -48,9 +48,12 @@ def test_events_arrive_in_order(phantom_caches_small, tmp_path):
     )
     # what the run is about to do is printed before the first epoch
     labels = recorder.events[0][1].labels
-    assert printed[0].startswith("training cxr-small-cnn on cpu (")
-    assert f"{len(labels)} labels ({', '.join(labels)})" in printed[0]
-    assert "pretrained weights: none" in printed[0] and str(tmp_path / "run") in printed[0]
+    # the settings left to the data are decided and said first, then the plan
+    assert printed[0].startswith("default chosen by the data (recipe, pretrained not given)")
+    assert "recipe finetune" in printed[0] and "probe needs pretrained weights" in printed[0]
+    assert printed[1].startswith("training cxr-small-cnn on cpu (")
+    assert f"{len(labels)} labels ({', '.join(labels)})" in printed[1]
+    assert "pretrained weights: none" in printed[1] and str(tmp_path / "run") in printed[1]
     kinds = [k for k, _ in recorder.events]
     assert kinds[0] == "start" and kinds[-1] == "end"
     assert [v for k, v in recorder.events if k == "epoch"] == [1, 2]
