@@ -212,6 +212,26 @@ def test_compare_delong_and_bootstrap():
     json.dumps(c.to_dict(), allow_nan=False)
     md = c.to_markdown()
     assert RESEARCH_NOTICE in md and "new vs old" in md
+    # the macro difference: a paired bootstrap over the compared labels on the same resamples
+    ma, mb = c.macro()
+    low, high = c.macro_ci
+    assert low < ma - mb < high and 0.0 < c.macro_p <= 1.0
+    assert c.to_dict()["summary"]["macro_diff_ci"] == [low, high]
+    assert "paired patient bootstrap p" in md
+
+
+def test_macro_bootstrap_tells_a_real_gain_from_none():
+    from cxr.evaluation.significance import bootstrap_macro_auc_diff
+
+    labels, probs_a, patients = _data(400, seed=7)
+    rng = np.random.default_rng(8)
+    noisy = np.clip(probs_a + rng.normal(0, 0.4, probs_a.shape), 0, 1)
+    ci, p = bootstrap_macro_auc_diff(labels, probs_a, noisy, patients, n=300, seed=0)
+    assert ci.low > 0 and p < 0.01  # A ranks far better than its noisy copy
+    ci, p = bootstrap_macro_auc_diff(labels, probs_a, probs_a, patients, n=300, seed=0)
+    assert ci.low == ci.high == 0.0 and p == 1.0  # the same predictor: no difference
+    with pytest.raises(ValueError, match="must all be"):
+        bootstrap_macro_auc_diff(labels, probs_a, probs_a[:10], patients)
 
 
 def test_peer_predictions_reproduce_the_readme(shared_datasets):

@@ -349,6 +349,12 @@ def run_compare(args: argparse.Namespace) -> int:
         f"macro AUC A {fmt(ma, 4)}, B {fmt(mb, 4)} over {len(result.compared)} labels "
         "(p-values unadjusted)"
     )
+    if not math.isnan(result.macro_p):
+        low, high = result.macro_ci
+        print(
+            f"macro A-B {ma - mb:+.4f}: 95% CI {fmt(low)} to {fmt(high)}, paired patient "
+            f"bootstrap p = {fmt(result.macro_p, 4)}"
+        )
     for note in result.notes:
         print(f"note: {note}")
     print(f"reports written to {args.out}: " + ", ".join(p.name for p in written.values()))

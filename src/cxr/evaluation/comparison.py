@@ -13,7 +13,11 @@ import numpy as np
 from cxr import RESEARCH_NOTICE, __version__
 from cxr.evaluation.label_results import fmt, json_safe
 from cxr.evaluation.scoring import check_inputs
-from cxr.evaluation.significance import bootstrap_auc_diff_ci, delong_test
+from cxr.evaluation.significance import (
+    bootstrap_auc_diff_ci,
+    bootstrap_macro_auc_diff,
+    delong_test,
+)
 
 __all__ = ["ComparisonReport", "ComparisonRow", "compare"]
 
@@ -50,6 +54,10 @@ class ComparisonReport:
     settings: dict
     notes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    #: paired patient-bootstrap CI of the macro difference and its two-sided p-value
+    #: (NaN when the bootstrap was skipped)
+    macro_ci: tuple[float, float] = (math.nan, math.nan)
+    macro_p: float = math.nan
 
     @property
     def compared(self) -> list[ComparisonRow]:
@@ -73,6 +81,8 @@ class ComparisonReport:
                 "macro_auc_a": json_safe(a),
                 "macro_auc_b": json_safe(b),
                 "macro_diff": json_safe(a - b),
+                "macro_diff_ci": [json_safe(v) for v in self.macro_ci],
+                "macro_p_value": json_safe(self.macro_p),
                 "n_labels": len(self.compared),
             },
             "labels": [r.to_dict() for r in self.rows],
@@ -90,6 +100,12 @@ class ComparisonReport:
             (
                 f"- images: {self.n_images}; macro AUC {a} {fmt(ma)}, {b} {fmt(mb)}, difference "
                 f"{fmt(ma - mb)} over {len(self.compared)} labels"
+                + (
+                    f" ({pct}% CI {fmt(self.macro_ci[0])} to {fmt(self.macro_ci[1])}, "
+                    f"paired patient bootstrap p = {fmt(self.macro_p, 4)})"
+                    if not math.isnan(self.macro_p)
+                    else ""
+                )
             ),
             "",
             (
@@ -154,6 +170,21 @@ def compare(
                 )
                 row.diff_ci_low, row.diff_ci_high = ci.low, ci.high
         rows.append(row)
+    macro_ci, macro_p = (math.nan, math.nan), math.nan
+    compared = [j for j, r in enumerate(rows) if not math.isnan(r.diff)]
+    if n_bootstrap and compared:
+        known = ~np.isnan(probs_a[:, compared]) & ~np.isnan(probs_b[:, compared])
+        masked = np.where(known, labels[:, compared], np.nan)
+        ci, macro_p = bootstrap_macro_auc_diff(
+            masked,
+            np.nan_to_num(probs_a[:, compared]),
+            np.nan_to_num(probs_b[:, compared]),
+            patient_ids,
+            n_bootstrap,
+            seed,
+            alpha,
+        )
+        macro_ci = (ci.low, ci.high)
     return ComparisonReport(
         rows,
         (str(model_names[0]), str(model_names[1])),
@@ -161,4 +192,6 @@ def compare(
         {"n_bootstrap": int(n_bootstrap), "seed": int(seed), "alpha": float(alpha)},
         extra + list(notes),
         dict(sources or {}),
+        macro_ci,
+        macro_p,
     )

@@ -8,6 +8,7 @@ and takes all images of each drawn patient. No scikit-learn or scipy at run time
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -210,6 +211,59 @@ def bootstrap_auc_diff_ci(
     plan1, plan2 = _auc_plan(y, p1, index), _auc_plan(y, p2, index)
     diffs = [_plan_auc(plan1, counts) - _plan_auc(plan2, counts) for counts in resamples]
     return _percentile_ci(np.concatenate(diffs), n, alpha)
+
+
+def bootstrap_macro_auc_diff(
+    labels: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    groups: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[BootstrapCI, float]:
+    """Paired patient bootstrap of macro AUC(A) - macro AUC(B) over L labels: every label of
+    both predictors scored on the *same* patient resamples, the macro difference averaged
+    over the labels with both classes in that resample. ``labels`` (N, L) 0/1/NaN (NaN
+    rows skipped per label), ``probs_a``/``probs_b`` (N, L) finite where the label is known.
+
+    Returns the (1 - alpha) percentile CI of the difference and the two-sided bootstrap
+    p-value ``min(1, 2 * min(P(d <= 0), P(d >= 0)))`` over the valid resamples (1/n at the
+    least: it can say "below 1/n", never 0)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probs_a = np.asarray(probs_a, dtype=np.float64)
+    probs_b = np.asarray(probs_b, dtype=np.float64)
+    if labels.ndim != 2 or labels.shape != probs_a.shape or labels.shape != probs_b.shape:
+        raise ValueError(
+            "labels, probs_a and probs_b must all be (N, L); got "
+            f"{labels.shape}, {probs_a.shape} and {probs_b.shape}"
+        )
+    index, resamples = _patient_resamples(groups, len(labels), n, seed, alpha)
+    plans = []
+    for j in range(labels.shape[1]):
+        k = np.flatnonzero(~np.isnan(labels[:, j]))
+        if len(k) == 0:
+            continue
+        y, pa = check_binary(labels[k, j], probs_a[k, j])
+        _, pb = check_binary(labels[k, j], probs_b[k, j])
+        if y.all() or not y.any():
+            continue
+        plans.append((_auc_plan(y, pa, index[k]), _auc_plan(y, pb, index[k])))
+    if not plans:
+        raise ValueError("no label has both positive and negative images: no macro AUC")
+    chunks = []
+    for counts in resamples:
+        diffs = np.stack([_plan_auc(a, counts) - _plan_auc(b, counts) for a, b in plans])
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no valid label
+            chunks.append(np.nanmean(diffs, axis=0))
+    samples = np.concatenate(chunks)
+    ci = _percentile_ci(samples, n, alpha)
+    ok = ci.samples
+    if len(ok) == 0:
+        return ci, math.nan
+    tail = min(float(np.mean(ok <= 0)), float(np.mean(ok >= 0)))
+    return ci, float(min(1.0, max(2.0 * tail, 1.0 / len(ok))))
 
 
 # DeLong ---------------------------------------------------------------------------------
