@@ -158,3 +158,45 @@ def test_the_sender_gives_up_after_the_last_try(tmp_path, model, predictor):
     folder = spool.path("failed", failed["key"])
     assert len(list(folder.glob("*.dcm"))) == 2  # the results are kept for a manual send
     assert roundtrip(pydicom.dcmread(next(folder.glob("*_sr.dcm")))).Modality == "SR"
+
+
+def test_results_due_together_go_in_one_association_and_a_failed_batch_goes_one_by_one(
+    tmp_path, model, predictor, monkeypatch
+):
+    import cxr.dicomnode.worker as worker_module
+    from cxr.dicomnode.send import SendError
+
+    port = free_port()
+    cfg = config(tmp_path, model, f"PACS@127.0.0.1:{port}", retry_delay=0)
+    spool = Spool(cfg.spool)
+    for i in range(3):
+        _enqueue(spool, phantom_dx(10 + i))
+    Worker(spool, predictor, cfg).step()
+    assert len(spool.outbox()) == 3
+    calls: list[int] = []
+    real = worker_module.send_datasets
+
+    def counted(datasets, dest, settings, fail_batches=False):
+        calls.append(len(datasets))
+        if fail_batches and len(datasets) > 2:
+            raise SendError("the batch was refused")
+        return real(datasets, dest, settings)
+
+    rx = Receiver(port=port)
+    try:
+        monkeypatch.setattr(worker_module, "send_datasets", counted)
+        Sender(spool, cfg).step()
+        assert calls == [6] and spool.outbox() == []  # 3 SR + 3 SC, one association
+        assert len(rx.wait_for(6, timeout=10)) == 6
+        for i in range(3):
+            _enqueue(spool, phantom_dx(20 + i))
+        Worker(spool, predictor, cfg).step()
+        calls.clear()
+        monkeypatch.setattr(
+            worker_module, "send_datasets", lambda *a: counted(*a, fail_batches=True)
+        )
+        Sender(spool, cfg).step()
+    finally:
+        rx.stop()
+    assert calls == [6, 2, 2, 2] and spool.outbox() == []  # refused batch, then one by one
+    assert len(spool.status()["sent"]) == 6

@@ -38,6 +38,8 @@ LOG = logging.getLogger("cxr.dicomnode")
 #: Seconds an idle thread sleeps before looking at the spool again (it is woken sooner
 #: when there is work).
 IDLE_POLL = 5.0
+#: Results sent in one association (one STOW-RS request) when several are due.
+SEND_BATCH = 16
 
 
 class _Loop(threading.Thread):
@@ -190,16 +192,39 @@ class Sender(_Loop):
         )
 
     def step(self) -> float:
+        due: list[Record] = []
         for record in self.spool.outbox():
+            if record.next_try > time.time() or len(due) >= SEND_BATCH:
+                break  # sorted by next try: nothing further is due
+            due.append(record)
+        if len(due) > 1 and not self.stopping:
+            due = [] if self.send_batch(due) else due  # a failed batch: one by one below
+        for record in due:
             if self.stopping:
                 return 0.0
-            if record.next_try > time.time():
-                break  # sorted by next try: nothing further is due
             self.send(record)
         pending = self.spool.outbox()
         if not pending:
             return IDLE_POLL
         return min(IDLE_POLL, max(pending[0].next_try - time.time(), 0.05))
+
+    def send_batch(self, records: list[Record]) -> bool:
+        """Send several results in one association (one STOW-RS request); True when the
+        destination confirmed them all (each is then marked sent). False changes nothing:
+        the caller sends them one by one, so a failure is told apart and counted per result."""
+        import pydicom
+
+        try:
+            datasets = [
+                pydicom.dcmread(p) for record in records for p in self.spool.result_files(record)
+            ]
+            send_datasets(datasets, self.config.destination, self.settings)
+        except (OSError, ValueError, SendError):
+            return False
+        for record in records:
+            if self.spool.mark_sent(record, str(self.config.destination)):
+                LOG.info("results of %s sent to %s", record.key, self.config.destination)
+        return True
 
     def send(self, record: Record) -> bool:
         """Try to send one result once; True when the destination confirmed it."""
