@@ -22,7 +22,7 @@ from cxr.explain import (
     heatmap_rgba,
     write_explanations,
 )
-from cxr.explain.writer import explanation_file
+from cxr.explain.writer import explanation_file, ranked_labels
 from cxr.inference import Predictor
 from cxr.modelfile import save_model
 from cxr.models import ModelSpec, Preprocessing, build_model
@@ -80,10 +80,11 @@ def test_the_writer_writes_the_files_cxr_predict_writes(model_file, images, tmp_
     names = [p.name for p in written]
     heatmaps = explainer_for(predictor)
     assert heatmaps is not None
+    # the two most probable labels of each image as the (calibrated) table ranks them
     assert names == [
-        f"{stem}_{ex.label}.png"
-        for stem, path in zip(("a_b", "x", "x-2"), images, strict=True)  # x.png twice
-        for ex in heatmaps(predictor.preprocess(path), top_k=2)
+        f"{stem}_{label}.png"
+        for stem, item in zip(("a_b", "x", "x-2"), result.predicted, strict=True)  # x.png twice
+        for label in ranked_labels(result, item, 2)
     ]
     assert all(p.parent == tmp_path / "lib" and p.is_file() for p in written)
     argv = ["predict", str(model_file), *map(str, images), "--no-progress"]
@@ -161,3 +162,34 @@ def test_the_service_heatmap_is_the_library_heatmap(model_file, images):
         assert sent["threshold"] == threshold
         if threshold is not None:
             assert sent["above_threshold"] == (ref.probability >= threshold)
+
+
+def test_the_explained_labels_are_the_tables_top_labels_even_when_calibration_reorders(
+    tmp_path,
+):
+    """A calibration that turns the model's order around: the explanations follow the table
+    (calibrated) ranking, not the raw one."""
+    from cxr.calibration import Calibration, LabelMap
+
+    torch.manual_seed(0)
+    model = build_model(
+        ModelSpec(labels=LABELS, backbone="cxr-small-cnn", preprocessing=Preprocessing(size=64))
+    ).eval()
+    with torch.no_grad():  # raw order: Cardiomegaly > Effusion > Mass on every image
+        model.head.out.weight.zero_()
+        model.head.out.bias.copy_(torch.tensor([2.0, 0.0, -2.0]))
+    # calibrated order: Mass > Effusion > Cardiomegaly (shifts of the logit per label)
+    shifts = zip(LABELS, (-6.0, 0.0, 6.0), strict=True)
+    maps = {n: LabelMap("platt", {"a": 1.0, "b": b}) for n, b in shifts}
+    path = save_model(tmp_path / "m.safetensors", model, calibration=Calibration("platt", maps))
+    Image.fromarray(image()).save(tmp_path / "x.png")
+    predictor = Predictor(path)
+    result = predictor.predict_images([tmp_path / "x.png"])
+    item = result.predicted[0]
+    assert ranked_labels(result, item, 2) == ["Mass", "Effusion"]
+    raw = Predictor(path, calibrated=False).predict_images([tmp_path / "x.png"]).predicted[0]
+    assert int(np.argmax(raw.values())) == 0  # raw: Cardiomegaly first
+    written = write_explanations(predictor, result, tmp_path / "out", top_k=2)
+    assert [p.name for p in written] == ["x_Mass.png", "x_Effusion.png"]
+    with pytest.raises(ValueError, match="from 1 to 3"):
+        ranked_labels(result, item, 4)

@@ -142,7 +142,9 @@ def write_explanations(
     for it in result.predicted:
         image = predictor.preprocess(it.path)
         base = unique_stem(it.path, used)
-        for ex in heatmaps(image, labels=labels, top_k=top_k, method=method):
+        # the most probable on the table's scale (calibrated), ranked as the table ranks
+        chosen = list(labels) if labels is not None else ranked_labels(result, it, top_k)
+        for ex in heatmaps(image, labels=chosen, top_k=len(chosen), method=method):
             path = save_explanation_png(
                 explanation_file(Path(out_dir), base, ex.label),
                 image,
@@ -152,3 +154,15 @@ def write_explanations(
             )
             written.append(Path(path))
     return written
+
+
+def ranked_labels(result: PredictionResult, item: Any, top_k: int) -> list[str]:
+    """The ``top_k`` labels of ``item`` (an :class:`~cxr.inference.ImagePrediction` of
+    ``result``) with the highest probabilities as the table shows them (calibrated when the
+    prediction is), in the table's order: the findings the explanations and the table name
+    are the same ones even where calibration reorders labels."""
+    n = len(result.labels)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n:
+        raise ValueError(f"top_k must be an integer from 1 to {n} (the labels), got {top_k!r}")
+    probs = np.asarray(item.values(), dtype=np.float64)
+    return [result.labels[i] for i in np.argsort(-probs, kind="stable")[:top_k]]
