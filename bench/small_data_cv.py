@@ -186,7 +186,12 @@ def _write_predictions(path: Path, paths, names, p: np.ndarray) -> None:
     frame.to_csv(path, index=False)
 
 
-def finetune_stage(out: Path, fold: int, folds: int) -> dict:
+def _tag(backbone: str, size: int) -> str:
+    """The folder suffix of a fine-tuning configuration ('' for the old default's)."""
+    return "" if (backbone, size) == (FINETUNE["backbone"], 224) else f"-{backbone}-{size}"
+
+
+def finetune_stage(out: Path, fold: int, folds: int, backbone: str, size: int) -> dict:
     from cxr.cache import prepare
     from cxr.inference import Predictor
     from cxr.split import patient_folds, split_by_patient
@@ -197,7 +202,7 @@ def finetune_stage(out: Path, fold: int, folds: int) -> dict:
     rest = table.subset(np.flatnonzero(outer != fold))
     test = table.subset(np.flatnonzero(outer == fold))
     inner = split_by_patient(rest, {"train": 7 / 8, "val": 1 / 8}, seed=0)
-    base = out / f"finetune-fold{fold}"
+    base = out / f"finetune{_tag(backbone, size)}-fold{fold}"
     caches = {}
     for name, part in (
         ("train", rest.subset(np.flatnonzero(inner == "train"))),
@@ -205,8 +210,8 @@ def finetune_stage(out: Path, fold: int, folds: int) -> dict:
         ("test", test),
     ):
         caches[name] = base / name
-        prepare(part, caches[name], size=224, progress=False, workers=1)
-    config = TrainConfig(**FINETUNE)
+        prepare(part, caches[name], size=size, progress=False, workers=1)
+    config = TrainConfig(**{**FINETUNE, "backbone": backbone})
     cpu, wall = cpu_seconds(), time.time()
     result = train(config, caches["train"], caches["val"], base / "run", overwrite=True,
                    progress=False)  # fmt: skip
@@ -234,7 +239,7 @@ def _fold_calibrated(base: Path, raw_test: np.ndarray) -> np.ndarray:
     return cal.apply(raw_test, names)
 
 
-def finetune_oof(out: Path, folds: int) -> dict | None:
+def finetune_oof(out: Path, folds: int, backbone: str, size: int) -> dict | None:
     """Join the finished folds' test predictions into out-of-fold scores (all folds needed);
     the calibrated ones are recomputed from the raw ones with today's calibration code."""
     table = sample_table()
@@ -243,18 +248,20 @@ def finetune_oof(out: Path, folds: int) -> dict | None:
     got = {"raw": np.full(y.shape, np.nan), "cal": np.full(y.shape, np.nan)}
     done = 0
     for k in range(folds):
-        f = out / f"finetune-fold{k}" / "test_probs.npz"
+        f = out / f"finetune{_tag(backbone, size)}-fold{k}" / "test_probs.npz"
         if not f.is_file():
             continue
         data = np.load(f)
         rows = [index[p] for p in data["paths"]]
         got["raw"][rows] = data["raw"]
-        got["cal"][rows] = _fold_calibrated(out / f"finetune-fold{k}", data["raw"])
+        base = out / f"finetune{_tag(backbone, size)}-fold{k}"
+        got["cal"][rows] = _fold_calibrated(base, data["raw"])
         done += 1
     if done < folds:
         return {"folds_done": done}
     for key, p in got.items():
-        _write_predictions(out / f"oof-finetune-{key}.csv", table.paths, table.pathologies, p)
+        name = f"oof-finetune{_tag(backbone, size)}-{key}.csv"
+        _write_predictions(out / name, table.paths, table.pathologies, p)
     return {"folds_done": done, **{k: scores(y, p) for k, p in got.items()}}
 
 
@@ -307,6 +314,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     # one results file per stage, so that stages can run side by side
     path = args.out / f"results-{args.stage}.json"
+    if args.stage == "finetune" and _tag(args.backbone, args.size):  # folds run side by side
+        path = args.out / f"results-finetune{_tag(args.backbone, args.size)}-fold{args.fold}.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     key = args.stage
     if args.stage == "features":
@@ -316,9 +325,10 @@ def main() -> None:
         key = f"probe {args.backbone} {args.size}"
         results[key] = probe_stage(args.out, args.backbone, args.size, args.seeds, args.folds)
     elif args.stage == "finetune":
-        key = f"finetune fold {args.fold}"
-        results[key] = finetune_stage(args.out, args.fold, args.folds)
-        results["finetune oof"] = finetune_oof(args.out, args.folds)
+        tag = _tag(args.backbone, args.size)
+        key = f"finetune{tag} fold {args.fold}"
+        results[key] = finetune_stage(args.out, args.fold, args.folds, args.backbone, args.size)
+        results[f"finetune{tag} oof"] = finetune_oof(args.out, args.folds, args.backbone, args.size)
     elif args.stage == "pediatric":
         results[key] = pediatric_stage(args.out)
     elif args.stage == "table":

@@ -159,10 +159,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         sub,
         "train",
         run_train,
-        help="train a model on prepared caches (two phases, best val AUC kept)",
-        description="Train on TRAIN_CACHE, validate on VAL_CACHE every epoch, and write the run "
-        "folder (config.yaml, history.csv, best.safetensors, last.safetensors, "
-        "state.pt). Continue an interrupted run with --resume RUN. Several GPUs: "
+        help="train a model on prepared caches (the probe or two-phase fine-tuning, chosen "
+        "by the training set's size unless --recipe says)",
+        description="Train on TRAIN_CACHE, validate on VAL_CACHE, and write the run folder "
+        "(config.yaml, history.csv, best.safetensors, last.safetensors, and state.pt for "
+        "fine-tuning). Without --recipe, --backbone and --pretrained, a training set under "
+        "10,000 images gets the probe on efficientnet-lite0 (ImageNet), a larger one "
+        "densenet121 fine-tuned; a line says which and why. Continue an interrupted "
+        "fine-tuning run with --resume RUN. Several GPUs: "
         "torchrun --nproc-per-node N -m cxr train ...",
     )
     add_train_caches(p)
