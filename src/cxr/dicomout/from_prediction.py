@@ -30,7 +30,7 @@ from cxr.dicomout.sc import write_sc
 from cxr.dicomout.sr import write_sr
 from cxr.explain import CamUnavailable, explainer_for, overlay
 from cxr.explain.frame import heatmap_to_image
-from cxr.explain.writer import unique_stem
+from cxr.explain.writer import ranked_labels, unique_stem
 from cxr.images import is_dicom, read_gray
 from cxr.modelformat.filehash import file_sha256
 
@@ -192,12 +192,11 @@ def write_dicom_results(
         heatmaps: list[np.ndarray] = []
         captions: list[str] = []
         if explainer is not None and not record.not_chest:
-            k = min(top_k, len(result.labels))
-            top = np.argsort(-probs, kind="stable")[:k]
-            chosen = [result.labels[i] for i in top]
+            chosen = ranked_labels(result, it, min(top_k, len(result.labels)))
             found = explainer(predictor.preprocess(it.path), labels=chosen, method=method)
             by_label = {ex.label: ex for ex in found}
-            for i, name in zip(top, chosen, strict=True):
+            for name in chosen:
+                i = result.labels.index(name)
                 p, _ = format_pair(float(probs[i]), result.thresholds.get(name))
                 heatmaps.append(by_label[name].heatmap)
                 captions.append(f"{name}  p={p}")
